@@ -1,0 +1,95 @@
+"""Adapters for ``torch.nn.BatchNorm1d/2d/3d`` (``torch/nn/modules/batchnorm.py``).
+
+Idioms translated:
+* mode ``train`` -> ``module.train()``; ``eval`` and ``train_global_stats``
+  -> ``module.eval()`` (under autograd the latter still yields gradients).
+* ``layer.frozen`` -> ``parameter.requires_grad_(False)`` and the parameter
+  left out of ``torch.optim.SGD``.
+* ``sgd_step`` -> ``torch.optim.SGD(params, lr).step()`` (plain SGD).
+* ``backward`` -> ``output.backward(grad_output, retain_graph=True)`` after
+  clearing every ``.grad`` (gradients are not accumulated across steps).
+"""
+
+from __future__ import annotations
+
+from bnconform.catalogue import Backward, Case, Forward, SgdStep
+
+from ._torch import TorchAdapter
+
+
+class _TorchModule(TorchAdapter):
+    module_name = ""
+    ranks: tuple[int, ...] = ()
+
+    def capabilities(self, case: Case) -> str | None:
+        reason = super().capabilities(case)
+        if reason:
+            return reason
+        rank = len(case.input.shape)
+        if rank not in self.ranks:
+            shapes = " or ".join({2: "(N, C)", 3: "(N, C, L)", 4: "(N, C, H, W)", 5: "(N, C, D, H, W)"}[r]
+                                 for r in self.ranks)
+            return f"torch.nn.{self.module_name} takes {shapes} input, the case has rank {rank}"
+        return None
+
+    def run(self, case, arrays):
+        torch, L = self.torch, case.layer
+        pdt = arrays.param_dtype
+        module = getattr(torch.nn, self.module_name)(
+            L.num_features, eps=L.eps, momentum=L.momentum, affine=L.affine,
+            track_running_stats=L.track_running_stats, device=self.device, dtype=getattr(torch, pdt))
+        with torch.no_grad():
+            if L.track_running_stats:
+                module.running_mean.copy_(self.tensor(arrays.init["running_mean"], pdt))
+                module.running_var.copy_(self.tensor(arrays.init["running_var"], pdt))
+            if L.affine:
+                module.weight.copy_(self.tensor(arrays.init["weight"], pdt))
+                module.bias.copy_(self.tensor(arrays.init["bias"], pdt))
+        for name in L.frozen:
+            getattr(module, name).requires_grad_(False)
+        trainable = [p for p in module.parameters() if p.requires_grad]
+        obs, x, y = {}, None, None
+        for i, step in enumerate(case.steps):
+            if isinstance(step, Forward):
+                module.train(step.mode == "train")
+                x = self.tensor(arrays.batches[step.batch], case.input.dtype).requires_grad_(True)
+                y = module(x)
+                obs[(i, "output")] = self.numpy(y)
+            elif isinstance(step, Backward):
+                x.grad = None
+                module.zero_grad(set_to_none=True)
+                y.backward(self.tensor(arrays.grad_outputs[i], case.input.dtype), retain_graph=True)
+                obs[(i, "grad_input")] = self.numpy(x.grad)
+                if L.affine:
+                    for name in ("weight", "bias"):
+                        grad = getattr(module, name).grad
+                        if grad is not None:
+                            obs[(i, f"grad_{name}")] = self.numpy(grad)
+            elif isinstance(step, SgdStep) and trainable:
+                torch.optim.SGD(trainable, lr=step.lr).step()
+            if L.track_running_stats:
+                obs[(i, "running_mean")] = self.numpy(module.running_mean)
+                obs[(i, "running_var")] = self.numpy(module.running_var)
+                obs[(i, "num_batches_tracked")] = self.numpy(module.num_batches_tracked)
+            if L.affine:
+                obs[(i, "weight")] = self.numpy(module.weight)
+                obs[(i, "bias")] = self.numpy(module.bias)
+        return obs
+
+
+class BatchNorm1d(_TorchModule):
+    name, module_name, ranks = "torch.nn.BatchNorm1d", "BatchNorm1d", (2, 3)
+
+
+class BatchNorm2d(_TorchModule):
+    name, module_name, ranks = "torch.nn.BatchNorm2d", "BatchNorm2d", (4,)
+
+
+class BatchNorm3d(_TorchModule):
+    name, module_name, ranks = "torch.nn.BatchNorm3d", "BatchNorm3d", (5,)
+
+
+class BatchNorm2dCUDA(BatchNorm2d):
+    """BatchNorm2d on the GPU (cuDNN where torch selects it); skipped without CUDA."""
+
+    name, device = "torch.nn.BatchNorm2d[cuda]", "cuda"

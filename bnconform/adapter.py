@@ -1,0 +1,142 @@
+"""The adapter protocol: how a framework's BatchNorm is driven through a case.
+
+An adapter TRANSLATES and CALLS; it never compares, never judges, and holds no
+tolerance. It receives the case (framework-neutral semantics) and the arrays
+(identical for every adapter), runs the step program on ONE layer instance,
+and returns observations::
+
+    {(step_index, observable): numpy.ndarray}
+
+* ``output`` / ``grad_input``: shape of the input, in the case's layout, in the
+  input storage dtype (bfloat16 returned as float32 holding bfloat16 values).
+* ``running_mean`` / ``running_var`` / ``weight`` / ``bias`` /
+  ``grad_weight`` / ``grad_bias``: shape ``(C,)``, float32 (float64 for
+  float64 cases).
+* ``num_batches_tracked``: 0-d integer array.
+
+State observables are reported after every step. An observable the framework
+has no notion of (e.g. a counter) is left out of ``observables``.
+
+Documented divergences (:class:`Divergence`) declare, with their source, the
+oracle profile options that reproduce a framework's design choice (``quirk``)
+or defect (``known_bug``); the engine then demands that behaviour EXACTLY.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+import numpy as np
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion, Version
+
+from .arrays import CaseArrays
+from .catalogue import OBSERVABLES, Case
+
+Observations = dict[tuple[int, str], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """A documented, sourced difference from the canonical oracle.
+
+    ``kind``: ``"quirk"`` (a design choice) or ``"known_bug"`` (a defect; needs
+    ``issue``, the upstream report). ``options``: :class:`bnconform.oracle.Profile`
+    knobs that reproduce it exactly. ``versions``: PEP 440 specifier set of the
+    framework versions it applies to (empty = all). ``source``: the framework
+    file, documentation page or thread that establishes it.
+    """
+
+    id: str
+    kind: Literal["quirk", "known_bug"]
+    summary: str
+    source: str
+    options: dict = field(default_factory=dict)
+    versions: str = ""
+    issue: str | None = None
+
+    def __post_init__(self):
+        if self.kind == "known_bug" and not self.issue:
+            raise ValueError(f"known_bug {self.id!r} needs an upstream issue link")
+        SpecifierSet(self.versions)  # raises InvalidSpecifier early
+
+    def applies_to(self, version: str) -> bool:
+        """Whether this divergence is documented for ``version`` of the framework."""
+        if not self.versions:
+            return True
+        try:
+            return Version(version) in SpecifierSet(self.versions)
+        except InvalidVersion:
+            return True
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "kind": self.kind, "summary": self.summary, "source": self.source,
+                "options": dict(self.options), "versions": self.versions, "issue": self.issue}
+
+
+class Adapter:
+    """Base class of every adapter; subclass and fill the class attributes.
+
+    ``name``: row label in the report (e.g. ``"torch.nn.BatchNorm2d"``).
+    ``framework``: the import name (``"torch"``); ``framework_version()``
+    imports it. ``device``: ``"cpu"`` or e.g. ``"cuda"``.
+    """
+
+    name: ClassVar[str] = ""
+    framework: ClassVar[str] = ""
+    device: ClassVar[str] = "cpu"
+    observables: ClassVar[frozenset[str]] = frozenset(OBSERVABLES)
+    divergences: ClassVar[tuple[Divergence, ...]] = ()
+
+    def framework_version(self) -> str:
+        """Import the framework and return its version string.
+
+        Raises ``ImportError`` (or whatever the import raises) when it is broken.
+        """
+        module = importlib.import_module(self.framework)
+        return str(getattr(module, "__version__", "unknown"))
+
+    def available(self) -> str | None:
+        """Reason this adapter cannot run on this machine at all (e.g. no CUDA
+        device), or None. Framework import failures are NOT reported here:
+        they propagate from :meth:`framework_version` so they stay loud."""
+        return None
+
+    def capabilities(self, case: Case) -> str | None:
+        """Reason the framework cannot express ``case`` (-> ``unsupported``), or None."""
+        return None
+
+    def run(self, case: Case, arrays: CaseArrays) -> Observations:  # pragma: no cover - abstract
+        """Run ``case.steps`` on one fresh layer; return observations (see module doc)."""
+        raise NotImplementedError
+
+    # Helpers shared by adapters (translation only).
+    @staticmethod
+    def frozen(case: Case, name: str) -> bool:
+        return name in case.layer.frozen
+
+
+def load_adapter(target: str) -> Adapter:
+    """Instantiate ``"package.module:ClassName"``.
+
+    Raises ``ValueError`` for a malformed target and ``ImportError`` /
+    ``AttributeError`` / ``TypeError`` with the target named when it cannot be
+    loaded or is not an :class:`Adapter`.
+    """
+    if ":" not in target:
+        raise ValueError(f"adapter target {target!r} must look like 'package.module:ClassName'")
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ImportError(f"cannot import adapter module {module_name!r} for {target!r}: {exc!r}") from exc
+    try:
+        cls = getattr(module, attr)
+    except AttributeError:
+        raise AttributeError(f"module {module_name!r} has no adapter {attr!r} (from {target!r})") from None
+    obj = cls() if isinstance(cls, type) else cls
+    if not isinstance(obj, Adapter):
+        raise TypeError(f"{target!r} is not a bnconform.adapter.Adapter subclass")
+    return obj

@@ -1,0 +1,113 @@
+"""Seeded input generation: every adapter and the oracle see identical values.
+
+Values are drawn in float64 with ``numpy.random.default_rng`` and cast to the
+case dtype; the oracle consumes the CAST values (promoted back to float64), so
+input rounding is never counted as framework error.
+
+Storage dtypes: ``float64`` -> numpy float64, ``float32`` -> float32,
+``float16`` -> float16. ``bfloat16`` has no NumPy dtype: values are rounded to
+bfloat16 (round-to-nearest-even on the top 16 bits of float32) and stored as
+float32; adapters convert them to their framework's bfloat16 exactly.
+Parameters and running statistics are float64 for float64 cases and float32
+otherwise (frameworks keep BN statistics in float32 for half inputs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .catalogue import Backward, Case, Distribution, Forward
+
+# Stream ids for the seeded generators: (case seed, stream, index).
+_STREAM_INPUT, _STREAM_GRAD, _STREAM_PARAM = 0, 1, 2
+_PARAM_INDEX = {"running_mean": 0, "running_var": 1, "weight": 2, "bias": 3}
+
+
+def round_bfloat16(a: np.ndarray) -> np.ndarray:
+    """Round float values to the nearest bfloat16 (ties to even); returns float32.
+
+    NaN stays NaN. Source: the bfloat16 format is the top 16 bits of IEEE-754
+    binary32.
+    """
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    bits = a.view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16 << 16).astype(np.uint32)
+    out = rounded.view(np.float32).copy()
+    out[np.isnan(a)] = np.nan
+    return out
+
+
+def cast(a: np.ndarray, dtype: str) -> np.ndarray:
+    """Cast float64 values to the storage dtype named by the catalogue."""
+    if dtype == "bfloat16":
+        return round_bfloat16(a)
+    return np.asarray(a, dtype=np.dtype(dtype))
+
+
+def param_dtype(dtype: str) -> str:
+    """Storage dtype of parameters/statistics for an input dtype."""
+    return "float64" if dtype == "float64" else "float32"
+
+
+def _per_channel(value, c: int, shape_len: int, axis: int) -> np.ndarray:
+    v = np.asarray(value, dtype=np.float64)
+    if v.ndim == 0:
+        return v
+    shape = [1] * shape_len
+    shape[axis] = c
+    return v.reshape(shape)
+
+
+def draw(dist: Distribution, shape: tuple[int, ...], axis: int, seed: tuple[int, ...]) -> np.ndarray:
+    """Draw float64 values of ``shape`` from ``dist``; per-channel lists
+    broadcast along ``axis``. Deterministic for a given ``seed`` tuple."""
+    rng = np.random.default_rng(list(seed))
+    c = shape[axis] if shape else 1
+    if dist.kind == "normal":
+        z = rng.standard_normal(shape)
+        a = _per_channel(dist.mean, c, len(shape), axis) + _per_channel(dist.std, c, len(shape), axis) * z
+    else:
+        a = rng.uniform(dist.low, dist.high, size=shape)
+    a = np.array(a, dtype=np.float64)
+    for ch in dist.nan_channels:
+        idx = [slice(None)] * len(shape)
+        idx[axis] = ch
+        a[tuple(idx)] = np.nan
+    return a
+
+
+@dataclass
+class CaseArrays:
+    """The concrete arrays of one case, in storage dtypes.
+
+    ``batches[k]``: input batch k, shape ``case.input.shape``.
+    ``grad_outputs[i]``: dL/dy for the backward at step index i.
+    ``init[name]``: initial running_mean / running_var / weight / bias, shape (C,).
+    """
+
+    dtype: str
+    param_dtype: str
+    batches: dict[int, np.ndarray] = field(default_factory=dict)
+    grad_outputs: dict[int, np.ndarray] = field(default_factory=dict)
+    init: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def generate(case: Case) -> CaseArrays:
+    """Generate every array the case's step program needs."""
+    inp = case.input
+    shape, axis, c = tuple(inp.shape), inp.axis, case.layer.num_features
+    out = CaseArrays(dtype=inp.dtype, param_dtype=param_dtype(inp.dtype))
+    for i, step in enumerate(case.steps):
+        if isinstance(step, Forward) and step.batch not in out.batches:
+            out.batches[step.batch] = cast(draw(inp.distribution, shape, axis, (inp.seed, _STREAM_INPUT, step.batch)), inp.dtype)
+        elif isinstance(step, Backward):
+            out.grad_outputs[i] = cast(draw(step.grad_output, shape, axis, (inp.seed, _STREAM_GRAD, i)), inp.dtype)
+    for name, spec in case.layer.init:
+        if isinstance(spec, Distribution):
+            v = draw(spec, (c,), 0, (inp.seed, _STREAM_PARAM, _PARAM_INDEX[name]))
+        else:
+            v = np.broadcast_to(np.asarray(spec, dtype=np.float64), (c,)).copy()
+        out.init[name] = cast(v, out.param_dtype)
+    return out

@@ -1,0 +1,370 @@
+"""The case catalogue: YAML files under ``cases/``, validated by a pydantic schema.
+
+A case is framework-neutral data: a BatchNorm layer configuration, a seeded
+input specification, and an ordered program of steps run on ONE layer
+instance. Every validation error names the file, the case id and the field
+(``cases/training.yaml: case 'train-1step': field 'layer.momentum': ...``).
+
+Conventions fixed by the catalogue (adapters translate to their framework):
+
+* ``momentum`` is the weight of the NEW batch statistic (PyTorch convention,
+  ``torch/nn/modules/batchnorm.py``): ``running = (1 - momentum) * running +
+  momentum * batch``. Keras, MXNet, Flax, Paddle and ONNX use the decay
+  ``1 - momentum``; Caffe's ``moving_average_fraction`` is also ``1 - momentum``.
+  ``momentum: null`` is the cumulative (simple) average of all batch statistics
+  seen so far (PyTorch ``momentum=None``).
+* ``weight`` is gamma (the scale) and ``bias`` is beta (the shift) of
+  Ioffe & Szegedy 2015 (arXiv:1502.03167), Alg. 1.
+* The channel axis of the input is ``input.channel_axis`` (1 for NCHW, -1 for
+  NHWC); statistics reduce over every other axis.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DTYPES = ("float64", "float32", "float16", "bfloat16")
+MODES = ("train", "eval", "train_global_stats")
+
+#: Observables a case may compare. State observables (running_mean,
+#: running_var, num_batches_tracked, weight, bias) are observed after EVERY
+#: step; output after forward; grad_* after backward.
+STATE_OBSERVABLES = ("running_mean", "running_var", "num_batches_tracked", "weight", "bias")
+OBSERVABLES = ("output", "grad_input", "grad_weight", "grad_bias") + STATE_OBSERVABLES
+
+
+class CatalogueError(ValueError):
+    """A catalogue file or case is malformed.
+
+    ``str()`` reads ``<file>: case '<id>': field '<dotted.path>': <message>``;
+    the parts are also kept as attributes ``file``, ``case_id`` and ``field``.
+    """
+
+    def __init__(self, file: str, message: str, case_id: str | None = None, field: str | None = None):
+        self.file, self.case_id, self.field, self.message = file, case_id, field, message
+        where = [file]
+        if case_id is not None:
+            where.append(f"case {case_id!r}")
+        if field:
+            where.append(f"field {field!r}")
+        super().__init__(": ".join(where + [message]))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(_Strict):
+    """Where the pinned behaviour comes from: a paper section, a framework
+    source file, a forum thread (``file`` names a document under
+    ``shared/seeds/`` when the case answers one), an upstream issue."""
+
+    title: str = Field(min_length=1)
+    url: str | None = None
+    file: str | None = None
+    section: str | None = None
+
+
+class Distribution(_Strict):
+    """A seeded distribution of values, drawn in float64.
+
+    ``mean`` and ``std`` (normal) or ``low`` and ``high`` (uniform) are scalars
+    or one value per channel; ``std: 0`` gives a constant channel.
+    ``nan_channels`` sets every value of those channels to NaN.
+    """
+
+    kind: Literal["normal", "uniform"] = "normal"
+    mean: float | list[float] = 0.0
+    std: float | list[float] = 1.0
+    low: float = 0.0
+    high: float = 1.0
+    nan_channels: list[int] = Field(default_factory=list)
+
+    @field_validator("std")
+    @classmethod
+    def _std_nonnegative(cls, v):
+        values = v if isinstance(v, list) else [v]
+        if any(s < 0 for s in values):
+            raise ValueError("std must be >= 0")
+        return v
+
+    @model_validator(mode="after")
+    def _uniform_bounds(self):
+        if self.kind == "uniform" and not self.low < self.high:
+            raise ValueError("uniform needs low < high")
+        return self
+
+
+#: A parameter's initial value: a scalar fill, one value per channel, or a
+#: seeded distribution.
+ParamInit = Union[float, list[float], Distribution]
+
+
+class LayerInit(_Strict):
+    """Initial buffers and parameters; defaults are the framework defaults
+    (running_mean 0, running_var 1, weight 1, bias 0)."""
+
+    running_mean: ParamInit = 0.0
+    running_var: ParamInit = 1.0
+    weight: ParamInit = 1.0
+    bias: ParamInit = 0.0
+
+
+class Layer(_Strict):
+    """The BatchNorm layer under test.
+
+    ``momentum`` is the new-batch weight in [0, 1] or ``null`` for the
+    cumulative average. ``frozen`` lists parameters held fixed through the
+    framework's own idiom (``requires_grad=False``, ``trainable=False``,
+    ``lr_mult=0``...): they are not updated by ``sgd_step`` and their gradient
+    is not compared.
+    """
+
+    num_features: int = Field(gt=0)
+    eps: float = Field(default=1e-5, ge=0.0)
+    momentum: float | None = Field(default=0.1, ge=0.0, le=1.0)
+    affine: bool = True
+    track_running_stats: bool = True
+    frozen: list[Literal["weight", "bias"]] = Field(default_factory=list)
+    init: LayerInit = Field(default_factory=LayerInit)
+
+
+class Input(_Strict):
+    """Input batches: ``shape`` (N, C, *) seen with the channel at
+    ``channel_axis``; values drawn in float64 then cast to ``dtype``. Batch k of
+    the program is drawn with seed ``(seed, 0, k)``."""
+
+    shape: list[int] = Field(min_length=2)
+    channel_axis: int = 1
+    dtype: Literal["float64", "float32", "float16", "bfloat16"] = "float32"
+    seed: int = Field(default=0, ge=0)
+    distribution: Distribution = Field(default_factory=Distribution)
+
+    @field_validator("shape")
+    @classmethod
+    def _positive(cls, v):
+        if any(d < 0 for d in v):
+            raise ValueError("dimensions must be >= 0")
+        return v
+
+    @model_validator(mode="after")
+    def _axis_in_range(self):
+        if not -len(self.shape) <= self.channel_axis < len(self.shape):
+            raise ValueError(f"channel_axis {self.channel_axis} out of range for rank {len(self.shape)}")
+        return self
+
+    @property
+    def axis(self) -> int:
+        """The channel axis as a non-negative index."""
+        return self.channel_axis % len(self.shape)
+
+    @property
+    def reduction_size(self) -> int:
+        """Number of values per channel in one batch (N * spatial), ``m`` in the paper."""
+        return math.prod(self.shape) // max(self.shape[self.axis], 1) if self.shape[self.axis] else 0
+
+
+class Forward(_Strict):
+    """Run the layer on batch ``batch`` in ``mode``:
+
+    * ``train`` — normalise with the batch statistics (biased variance) and
+      update the running statistics (Ioffe & Szegedy 2015, Alg. 1 and 2).
+    * ``eval`` — normalise with the running statistics (inference).
+    * ``train_global_stats`` — normalise with the running statistics inside a
+      training graph: gradients flow, running statistics are not updated
+      (MXNet ``use_global_stats=True``, Keras ``trainable=False``, Flax
+      ``use_running_average=True``, ``torch.nn.Module.eval()`` under autograd).
+
+    With ``track_running_stats: false`` every mode uses batch statistics.
+    """
+
+    op: Literal["forward"]
+    mode: Literal["train", "eval", "train_global_stats"]
+    batch: int = Field(default=0, ge=0)
+
+
+class Backward(_Strict):
+    """Back-propagate a seeded ``grad_output`` (dL/dy, same shape as the
+    output) through the most recent forward. Gradients are fresh (not
+    accumulated across backward steps)."""
+
+    op: Literal["backward"]
+    grad_output: Distribution = Field(default_factory=Distribution)
+
+
+class SgdStep(_Strict):
+    """One plain SGD update ``p -= lr * grad`` (no momentum, no weight decay)
+    of every non-frozen parameter, with the gradients of the latest backward."""
+
+    op: Literal["sgd_step"]
+    lr: float = Field(gt=0.0)
+
+
+Step = Annotated[Union[Forward, Backward, SgdStep], Field(discriminator="op")]
+
+
+class Case(_Strict):
+    """One catalogue scenario. ``observe`` selects the observables compared
+    (default: all that the program produces)."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    title: str = Field(min_length=1)
+    behaviour: str = Field(min_length=1, description="one-line statement of the behaviour pinned")
+    source: list[Source] = Field(min_length=1)
+    tags: list[str] = Field(default_factory=list)
+    layer: Layer
+    input: Input
+    steps: list[Step] = Field(min_length=1)
+    observe: list[Literal[OBSERVABLES]] = Field(default_factory=lambda: list(OBSERVABLES))  # type: ignore[valid-type]
+    # Filled by the loader, not by the YAML author.
+    file: str = ""
+    theme: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        c = self.input.shape[self.input.axis]
+        if c != self.layer.num_features:
+            raise ValueError(
+                f"layer.num_features={self.layer.num_features} but input.shape[channel_axis]={c}"
+            )
+        if not self.layer.affine and self.layer.frozen:
+            raise ValueError("layer.frozen lists parameters but layer.affine is false")
+        seen_forward = seen_backward = False
+        for i, step in enumerate(self.steps):
+            if isinstance(step, Backward) and not seen_forward:
+                raise ValueError(f"steps[{i}]: backward before any forward")
+            if isinstance(step, SgdStep) and not seen_backward:
+                raise ValueError(f"steps[{i}]: sgd_step before any backward")
+            seen_forward |= isinstance(step, Forward)
+            seen_backward |= isinstance(step, Backward)
+        for name, init in self.layer.init:
+            if isinstance(init, list) and len(init) != c:
+                raise ValueError(f"layer.init.{name} has {len(init)} values for {c} channels")
+        return self
+
+    @property
+    def source_titles(self) -> str:
+        return "; ".join(s.title for s in self.source)
+
+
+class CatalogueFile(_Strict):
+    """One YAML file: a theme and its cases."""
+
+    theme: str = Field(min_length=1)
+    description: str = ""
+    cases: list[dict] = Field(min_length=1)
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _first_error(file: str, err: ValidationError, case_id: str | None, prefix: str = "") -> CatalogueError:
+    e = err.errors()[0]
+    # Drop discriminator/union tags pydantic puts in the location.
+    loc = tuple(p for p in e["loc"] if p not in ("forward", "backward", "sgd_step", "function-after[_consistent(), Case]"))
+    field = prefix + _loc(loc)
+    msg = e["msg"]
+    if len(err.errors()) > 1:
+        others = "; ".join(f"{prefix + _loc(x['loc'])}: {x['msg']}" for x in err.errors()[1:4])
+        msg += f" (also: {others})"
+    return CatalogueError(file, msg, case_id, field or None)
+
+
+def load_file(path: str | Path, root: str | Path | None = None) -> list[Case]:
+    """Load and validate one catalogue file.
+
+    Returns the cases in file order, each with ``file`` and ``theme`` set.
+    Raises :class:`CatalogueError` naming file, case id and field for YAML
+    syntax errors, unknown fields, wrong types, impossible shapes, unknown
+    steps or modes, and duplicate ids within the file.
+    """
+    path = Path(path)
+    shown = str(path.relative_to(root)) if root and path.is_relative_to(root) else str(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise CatalogueError(shown, f"YAML syntax error{where}: {getattr(exc, 'problem', exc)}") from None
+    except OSError as exc:
+        raise CatalogueError(shown, f"cannot read: {exc}") from None
+    if not isinstance(raw, dict):
+        raise CatalogueError(shown, "top level must be a mapping with 'theme' and 'cases'")
+    try:
+        meta = CatalogueFile.model_validate(raw)
+    except ValidationError as exc:
+        raise _first_error(shown, exc, None) from None
+    cases: list[Case] = []
+    seen: set[str] = set()
+    for index, data in enumerate(meta.cases):
+        if not isinstance(data, dict):
+            raise CatalogueError(shown, "each case must be a mapping", f"#{index}", f"cases[{index}]")
+        case_id = data.get("id") if isinstance(data.get("id"), str) else f"#{index}"
+        try:
+            case = Case.model_validate({**data, "file": shown, "theme": meta.theme})
+        except ValidationError as exc:
+            raise _first_error(shown, exc, case_id) from None
+        if case.id in seen:
+            raise CatalogueError(shown, "duplicate case id", case.id, "id")
+        seen.add(case.id)
+        cases.append(case)
+    return cases
+
+
+@dataclass
+class Catalogue:
+    """Cases from several files plus the errors of files that failed to load;
+    a bad file never hides the valid cases of the others."""
+
+    cases: list[Case]
+    errors: list[CatalogueError]
+
+    def by_id(self) -> dict[str, Case]:
+        return {c.id: c for c in self.cases}
+
+
+def load_catalogue(paths: list[str | Path] | None = None, root: str | Path | None = None) -> Catalogue:
+    """Load every ``*.yaml`` under ``paths`` (files or directories; default
+    ``cases/`` under ``root``). Duplicate ids across files are errors of the
+    later file. Never raises for a bad file: see :class:`Catalogue.errors`."""
+    root = Path(root) if root else Path.cwd()
+    files: list[Path] = []
+    for p in paths or [root / "cases"]:
+        p = Path(p)
+        files.extend(sorted(p.rglob("*.yaml")) if p.is_dir() else [p])
+    cases: list[Case] = []
+    errors: list[CatalogueError] = []
+    seen: dict[str, str] = {}
+    for f in files:
+        try:
+            loaded = load_file(f, root)
+        except CatalogueError as exc:
+            errors.append(exc)
+            continue
+        for case in loaded:
+            if case.id in seen:
+                errors.append(CatalogueError(case.file, f"duplicate case id (first in {seen[case.id]})", case.id, "id"))
+                continue
+            seen[case.id] = case.file
+            cases.append(case)
+    return Catalogue(cases, errors)

@@ -1,0 +1,200 @@
+"""Comparison of adapter observations with oracle expectations: the tolerance model.
+
+One model for every framework, fixed a priori (never tuned to a framework's
+results). For each element of each observable::
+
+    tol = SAFETY * ( u_acc * sqrt(m) * magnitude  +  u_store * (i + 1) * |expected| )
+
+* ``magnitude`` — from the oracle: the same computation with absolute values
+  (running error analysis, Higham 2002, ch. 3). It makes the tolerance follow
+  the conditioning of the case: a channel with mean 1e4 and spread 1 gets the
+  error a STABLE (two-pass / Welford) algorithm makes in the accumulation
+  dtype, and nothing more — a one-pass ``E[x^2] - E[x]^2`` variance that
+  cancels catastrophically fails.
+* ``u_acc`` — unit roundoff of the accumulation dtype: float64 for float64
+  cases, float32 otherwise (frameworks accumulate half-precision BN in float32;
+  ``aten/src/ATen/native/cpu/batch_norm_kernel.cpp`` uses ``opmath_t``).
+* ``sqrt(m)`` — growth of rounding error in a reduction over ``m`` values per
+  channel (N x spatial): the probabilistic bound for recursive summation
+  (Higham 2002, sec. 4.2). Pairwise/cascade summation does better.
+* ``u_store * (i + 1) * |expected|`` — rounding into the storage dtype of the
+  observable, once per step that rewrote it (step index ``i``, 0-based).
+* ``SAFETY = 4`` — headroom for the handful of elementwise operations after the
+  reductions (subtract, multiply by rsqrt, scale, shift).
+
+Exact observables (``num_batches_tracked``) have tolerance 0. Where the
+expected value is NaN the framework must produce NaN; where it is finite the
+framework must produce a finite value within tolerance.
+
+Unit roundoffs: float64 2^-53, float32 2^-24, float16 2^-11, bfloat16 2^-8.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .catalogue import Case, Forward, Backward, SgdStep
+from .oracle import Expectation
+
+SAFETY = 4.0
+UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+ACCUMULATION_DTYPE = {"float64": "float64", "float32": "float32", "float16": "float32", "bfloat16": "float32"}
+EXACT = frozenset({"num_batches_tracked"})
+#: Observables stored in the input dtype; the rest live in the parameter dtype.
+ACTIVATIONS = frozenset({"output", "grad_input"})
+#: Per-channel vectors at most this long are kept in results for plots.
+KEEP_VALUES_UP_TO = 64
+
+
+def storage_dtype(observable: str, case: Case) -> str:
+    """Dtype an observable is stored in for this case (bfloat16 arrays travel as float32)."""
+    if observable in ACTIVATIONS:
+        return case.input.dtype
+    return "float64" if case.input.dtype == "float64" else "float32"
+
+
+def tolerance(expected: np.ndarray, magnitude: np.ndarray, observable: str, case: Case, step_index: int) -> np.ndarray:
+    """Elementwise absolute tolerance for one observable (see module docstring).
+
+    ``expected`` and ``magnitude`` are float64 of the same shape; returns float64.
+    """
+    if observable in EXACT:
+        return np.zeros_like(expected, dtype=np.float64)
+    u_acc = UNIT_ROUNDOFF[ACCUMULATION_DTYPE[case.input.dtype]]
+    u_store = UNIT_ROUNDOFF[storage_dtype(observable, case)]
+    growth = math.sqrt(max(case.input.reduction_size, 1))
+    return SAFETY * (u_acc * growth * np.abs(magnitude) + u_store * (step_index + 1) * np.abs(expected))
+
+
+@dataclass
+class ObservableComparison:
+    """The comparison of one observable after one step.
+
+    ``ratio`` is max(|actual - expected| / tol) over elements (<= 1 passes);
+    ``headroom`` = 1 / ratio (how many times larger the error could have been).
+    ``message`` explains a structural failure (missing, shape, dtype, NaN).
+    ``expected``/``actual`` keep small per-channel vectors for the report's plots.
+    """
+
+    step: int
+    op: str
+    observable: str
+    passed: bool
+    max_abs_err: float = 0.0
+    max_rel_err: float = 0.0
+    tol_at_worst: float = 0.0
+    ratio: float = 0.0
+    message: str | None = None
+    expected: list | float | None = None
+    actual: list | float | None = None
+
+    @property
+    def headroom(self) -> float:
+        return math.inf if self.ratio == 0 else 1.0 / self.ratio
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["headroom"] = None if math.isinf(self.headroom) else self.headroom
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+def _op_name(case: Case, i: int) -> str:
+    s = case.steps[i]
+    if isinstance(s, Forward):
+        return f"forward({s.mode})"
+    if isinstance(s, Backward):
+        return "backward"
+    assert isinstance(s, SgdStep)
+    return f"sgd_step(lr={s.lr})"
+
+
+def _small(a: np.ndarray):
+    if a.ndim == 0:
+        v = float(a)
+        return v if math.isfinite(v) else None
+    if a.size <= KEEP_VALUES_UP_TO:
+        return [float(v) if math.isfinite(v) else None for v in a.ravel()]
+    return None
+
+
+def compare_one(actual, exp_value, magnitude, observable: str, case: Case, i: int,
+                check_dtype: bool = True) -> ObservableComparison:
+    """Compare one observable; never raises for bad ``actual`` (recorded as failed)."""
+    op = _op_name(case, i)
+    base = dict(step=i, op=op, observable=observable)
+    if actual is None:
+        return ObservableComparison(**base, passed=False, message="adapter returned no value")
+    try:
+        a = np.asarray(actual)
+    except Exception as exc:  # noqa: BLE001 - plug-ins may return anything
+        return ObservableComparison(**base, passed=False, message=f"not an array: {exc!r}")
+    if a.shape != exp_value.shape:
+        return ObservableComparison(**base, passed=False, message=f"shape {a.shape}, expected {exp_value.shape}")
+    if check_dtype and observable not in EXACT:
+        want = storage_dtype(observable, case)
+        want_np = "float32" if want == "bfloat16" else want
+        if a.dtype != np.dtype(want_np):
+            return ObservableComparison(**base, passed=False, message=f"dtype {a.dtype}, expected {want_np} ({want})")
+    elif not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        return ObservableComparison(**base, passed=False, message=f"dtype {a.dtype}, expected a number")
+    a64 = a.astype(np.float64)
+    e = exp_value
+    tol = tolerance(e, magnitude, observable, case, i)
+    nan_e, nan_a = np.isnan(e), np.isnan(a64)
+    small = dict(expected=_small(e), actual=_small(a64))
+    if np.any(nan_e & ~nan_a) or np.any(~nan_e & nan_a):
+        where = "NaN where the oracle has a value" if np.any(~nan_e & nan_a) else "a value where the oracle has NaN"
+        return ObservableComparison(**base, passed=False, ratio=math.inf,
+                                    message=f"{where} ({int(np.sum(nan_e != nan_a))} element(s))", **small)
+    finite = ~nan_e
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        err = np.where(finite, np.abs(a64 - e), 0.0)
+        inf_e = np.isinf(e)
+        err = np.where(inf_e, np.where(a64 == e, 0.0, np.inf), err)
+        ratio_el = np.where(err == 0, 0.0, err / np.where(tol > 0, tol, 0.0))
+        rel = np.where(finite & (e != 0), err / np.abs(e), np.where(err == 0, 0.0, np.inf))
+    if err.size == 0:
+        return ObservableComparison(**base, passed=True, **small)
+    worst = int(np.argmax(ratio_el))
+    ratio = float(ratio_el.ravel()[worst])
+    return ObservableComparison(
+        **base,
+        passed=bool(ratio <= 1.0),
+        max_abs_err=float(err.max()),
+        max_rel_err=float(rel.max()),
+        tol_at_worst=float(tol.ravel()[worst]),
+        ratio=ratio,
+        **small,
+    )
+
+
+def compare(expectation: Expectation, observations: dict, case: Case, observable_by_adapter: frozenset[str]) -> tuple[list[ObservableComparison], list[str]]:
+    """Compare every observable the case observes and the adapter can observe.
+
+    ``observations[(step_index, observable)]`` are the adapter's arrays.
+    Returns ``(comparisons, not_observed)`` where ``not_observed`` lists the
+    observables the case asks for but the adapter declares it cannot expose.
+    """
+    wanted = set(case.observe)
+    results, not_observed = [], sorted(wanted - observable_by_adapter)
+    for (i, name), exp in sorted(expectation.values.items()):
+        if name not in wanted or name not in observable_by_adapter:
+            continue
+        results.append(compare_one(observations.get((i, name)), exp.value, exp.magnitude, name, case, i))
+    return results, not_observed
+
+
+def expectations_agree(a: Expectation, b: Expectation, case: Case, observables: frozenset[str]) -> bool:
+    """True when two oracle profiles are indistinguishable on this case within
+    the tolerance (then a documented divergence does not manifest here)."""
+    keys = {k for k in a.values.keys() | b.values.keys() if k[1] in observables and k[1] in case.observe}
+    for key in keys:
+        ea, eb = a.values.get(key), b.values.get(key)
+        if ea is None or eb is None:
+            return False
+        if not compare_one(eb.value, ea.value, ea.magnitude, key[1], case, key[0], check_dtype=False).passed:
+            return False
+    return True

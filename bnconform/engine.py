@@ -1,0 +1,147 @@
+"""Runs one cell — (case, adapter) — through oracle, adapter and comparison,
+and returns the verdict as a :class:`~bnconform.results.ResultRecord`.
+
+Verdict rules (one vocabulary everywhere):
+
+* ``unsupported`` — the adapter says the framework cannot express the case
+  (reason kept).
+* ``error`` — the framework raised (type, message and the last traceback
+  lines kept).
+* ``conforms`` — every observed value matches the canonical oracle.
+* ``quirk`` / ``known_bug`` — the adapter documents divergences for this
+  framework version AND they manifest on this case (the oracle run with their
+  options differs from the canonical one) AND the framework matches that
+  divergent oracle exactly. ``known_bug`` if any manifesting divergence is a
+  known bug.
+* ``fails`` — anything else, in particular a documented divergence that no
+  longer reproduces (the framework now matches the canonical oracle): the
+  behaviour changed and the gate must notice.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+
+from .adapter import Adapter, Divergence
+from .arrays import CaseArrays, generate
+from .catalogue import Case
+from .compare import compare, expectations_agree
+from .oracle import CANONICAL, Expectation, OracleUndefined, Profile, simulate
+from .results import ResultRecord, current_env
+
+
+# Per-process caches: every adapter of a worker shares one generation and one
+# oracle run per (case, profile). Keyed by the case's JSON (cases are values).
+_ARRAYS: dict[str, CaseArrays] = {}
+_EXPECT: dict[tuple[str, Profile], Expectation | OracleUndefined] = {}
+
+
+def _arrays(case: Case) -> CaseArrays:
+    key = case.model_dump_json()
+    if key not in _ARRAYS:
+        _ARRAYS[key] = generate(case)
+    return _ARRAYS[key]
+
+
+def _expect(case: Case, profile: Profile) -> Expectation | OracleUndefined:
+    key = (case.model_dump_json(), profile)
+    if key not in _EXPECT:
+        try:
+            _EXPECT[key] = simulate(case, _arrays(case), profile)
+        except OracleUndefined as exc:
+            _EXPECT[key] = exc
+    return _EXPECT[key]
+
+
+def profile_for(divergences: list[Divergence]) -> Profile:
+    """The oracle profile with every listed divergence's options applied."""
+    options: dict = {}
+    for d in divergences:
+        options.update(d.options)
+    if not options:
+        return CANONICAL
+    return CANONICAL.with_options("+".join(d.id for d in divergences), **options)
+
+
+def _error_text(exc: BaseException) -> str:
+    tail = traceback.format_exception(type(exc), exc, exc.__traceback__)[-4:]
+    return f"{type(exc).__name__}: {exc}\n" + "".join(tail)[-2000:]
+
+
+def run_cell(case: Case, adapter: Adapter, framework_version: str | None = None, nodeid: str | None = None) -> ResultRecord:
+    """Run one cell and return its record. Never raises for framework or
+    adapter failures (they become ``error``/``fails``); raises only for bugs in
+    bnconform itself."""
+    start = time.perf_counter()
+    version = framework_version if framework_version is not None else adapter.framework_version()
+    base = dict(
+        case_id=case.id, case_file=case.file, theme=case.theme, title=case.title, behaviour=case.behaviour,
+        tags=list(case.tags), sources=[s.model_dump(exclude_none=True) for s in case.source],
+        adapter=adapter.name, framework=adapter.framework, framework_version=version, device=adapter.device,
+        env=current_env(), nodeid=nodeid,
+    )
+
+    def record(verdict: str, reason: str | None = None, **extra) -> ResultRecord:
+        return ResultRecord(**base, verdict=verdict, reason=reason, duration_s=time.perf_counter() - start, **extra)
+
+    reason = adapter.capabilities(case)
+    if reason:
+        return record("unsupported", reason)
+    documented = [d for d in adapter.divergences if d.applies_to(version)]
+    canonical = _expect(case, CANONICAL)
+    declared = profile_for(documented)
+    divergent = _expect(case, declared) if declared is not CANONICAL else canonical
+    try:
+        observations = adapter.run(case, _arrays(case))
+    except Exception as exc:  # noqa: BLE001 - any framework failure is a verdict
+        if isinstance(canonical, OracleUndefined) and isinstance(divergent, OracleUndefined):
+            return record("conforms", f"the oracle finds this case undefined ({canonical}) and the framework "
+                                      f"rejects it: {type(exc).__name__}: {exc}")
+        return record("error", _error_text(exc))
+    if isinstance(canonical, OracleUndefined) and isinstance(divergent, OracleUndefined):
+        return record("fails", f"the oracle finds this case undefined ({canonical}) but the framework "
+                               "returned values instead of raising")
+    observable = adapter.observables
+    canon_cmp, not_observed = (compare(canonical, observations, case, observable)
+                               if not isinstance(canonical, OracleUndefined) else ([], []))
+    canon_ok = not isinstance(canonical, OracleUndefined) and all(c.passed for c in canon_cmp)
+    dicts = lambda cs: [c.to_dict() for c in cs]  # noqa: E731
+
+    manifest: list[Divergence] = []
+    if declared is not CANONICAL and not isinstance(divergent, OracleUndefined):
+        if isinstance(canonical, OracleUndefined) or not expectations_agree(canonical, divergent, case, observable):
+            # Which documented divergences matter here: dropping one changes the expectation.
+            for d in documented:
+                without = _expect(case, profile_for([o for o in documented if o is not d]))
+                if isinstance(without, OracleUndefined) or not expectations_agree(without, divergent, case, observable):
+                    manifest.append(d)
+            manifest = manifest or documented
+    if not manifest:
+        if canon_ok:
+            return record("conforms", comparisons=dicts(canon_cmp), not_observed=not_observed)
+        failed = [c for c in canon_cmp if not c.passed]
+        return record("fails", _summarise(failed, "canonical oracle"), comparisons=dicts(canon_cmp),
+                      not_observed=not_observed)
+    div_cmp, _ = compare(divergent, observations, case, observable)
+    extra = dict(comparisons=dicts(div_cmp), canonical_comparisons=dicts(canon_cmp), not_observed=not_observed,
+                 divergences=[d.to_dict() for d in manifest])
+    if all(c.passed for c in div_cmp):
+        verdict = "known_bug" if any(d.kind == "known_bug" for d in manifest) else "quirk"
+        return record(verdict, "; ".join(f"{d.id}: {d.summary}" for d in manifest), **extra)
+    if canon_ok:
+        names = ", ".join(d.id for d in manifest)
+        return record("fails", f"behaviour changed: documented divergence(s) {names} no longer reproduce — "
+                               f"the framework now matches the canonical oracle", **extra)
+    failed = [c for c in div_cmp if not c.passed]
+    return record("fails", _summarise(failed, f"oracle with documented divergence(s) "
+                                              f"{', '.join(d.id for d in manifest)}"), **extra)
+
+
+def _summarise(failed, against: str) -> str:
+    parts = []
+    for c in failed[:3]:
+        detail = c.message or f"max abs err {c.max_abs_err:.3g} > tol {c.tol_at_worst:.3g} (x{c.ratio:.3g})"
+        parts.append(f"step {c.step} {c.op} {c.observable}: {detail}")
+    more = f" (+{len(failed) - 3} more)" if len(failed) > 3 else ""
+    return f"differs from the {against}: " + "; ".join(parts) + more
