@@ -1,0 +1,74 @@
+"""Command line: ``bnconform report | validate | cases``.
+
+``bnconform report PATH... --out reports/parity.html [--summary S.json]``
+    merge result shards (files or directories of ``*.jsonl``) into one report.
+    Exit 0 when written (bad lines, conflicts are shown in the report and on
+    stderr), 2 when no record could be read at all.
+``bnconform validate [PATH...]``
+    validate catalogue files; exit 1 with ``file: case: field: message`` lines.
+``bnconform cases [PATH...]``
+    list case ids with their theme and one-line behaviour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .catalogue import load_catalogue
+from .report import write_report
+
+
+def _report(args) -> int:
+    try:
+        merged = write_report(args.paths, args.out, args.summary)
+    except FileNotFoundError as exc:
+        print(f"bnconform report: {exc}", file=sys.stderr)
+        return 2
+    for bad in merged.bad_lines:
+        print(f"bnconform report: skipped {bad}", file=sys.stderr)
+    for a, b in merged.conflicts:
+        print(f"bnconform report: CONFLICT {a.case_id} on {a.adapter}: {a.verdict} ({a.env}) vs {b.verdict} ({b.env})",
+              file=sys.stderr)
+    counts = ", ".join(f"{v} {n}" for v, n in sorted(merged.counts().items()))
+    print(f"bnconform report: {len(merged.cells)} cells ({counts}) -> {args.out}")
+    return 0 if merged.cells else 2
+
+
+def _validate(args) -> int:
+    cat = load_catalogue(args.paths or None)
+    for err in cat.errors:
+        print(err, file=sys.stderr)
+    print(f"{len(cat.cases)} valid case(s), {len(cat.errors)} error(s)")
+    return 1 if cat.errors else 0
+
+
+def _cases(args) -> int:
+    cat = load_catalogue(args.paths or None)
+    for c in cat.cases:
+        print(f"{c.theme:12} {c.id:40} {c.behaviour}")
+    for err in cat.errors:
+        print(err, file=sys.stderr)
+    return 1 if cat.errors else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bnconform", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("report", help="merge result shards into the HTML parity report")
+    p.add_argument("paths", nargs="+", help="results files or directories of *.jsonl")
+    p.add_argument("--out", default="reports/parity.html", help="HTML output (default: %(default)s)")
+    p.add_argument("--summary", default=None, help="also write a machine-readable summary JSON here")
+    p.set_defaults(func=_report)
+    p = sub.add_parser("validate", help="validate catalogue files")
+    p.add_argument("paths", nargs="*", help="files or directories (default: cases/)")
+    p.set_defaults(func=_validate)
+    p = sub.add_parser("cases", help="list the catalogue")
+    p.add_argument("paths", nargs="*", help="files or directories (default: cases/)")
+    p.set_defaults(func=_cases)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
