@@ -245,7 +245,9 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
             with np.errstate(invalid="ignore", divide="ignore"):
                 y = normalize(x, mean, var, L.eps, w, b, axis)
                 invstd = 1.0 / np.sqrt(var + L.eps)
-                y_mag = cv(np.abs(w) * invstd) * (np.abs(x) + cv(np.abs(mean))) + cv(np.abs(b))
+                # mag["weight"] >= |w|: it carries the rounding history of gamma (SGD
+                # updates that cancel leave a small gamma with an absolute error).
+                y_mag = cv(mag["weight"] * invstd) * (np.abs(x) + cv(np.abs(mean))) + cv(mag["bias"])
             out.values[(i, "output")] = Expected(y, y_mag)
         elif isinstance(step, Backward):
             assert last is not None  # guaranteed by catalogue validation
@@ -257,10 +259,10 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
                 invstd = 1.0 / np.sqrt(last.var + L.eps)
                 xh_mag = (np.abs(last.x) + cv(np.abs(last.mean))) * cv(invstd)
                 if last.used_batch:
-                    dx_mag = cv(np.abs(w) * invstd) * (np.abs(g) + np.abs(g).mean(axis=axes, keepdims=True)
+                    dx_mag = cv(mag["weight"] * invstd) * (np.abs(g) + np.abs(g).mean(axis=axes, keepdims=True)
                                                        + xh_mag * (np.abs(g) * xh_mag).mean(axis=axes, keepdims=True))
                 else:
-                    dx_mag = cv(np.abs(w) * invstd) * np.abs(g)
+                    dx_mag = cv(mag["weight"] * invstd) * np.abs(g)
                 dw_mag, db_mag = (np.abs(g) * xh_mag).sum(axis=axes), np.abs(g).sum(axis=axes)
             out.values[(i, "grad_input")] = Expected(dx, dx_mag)
             if L.affine:
