@@ -1,0 +1,140 @@
+"""Verdict rules and the comparison model, with small fake adapters."""
+
+import numpy as np
+import pytest
+
+from bnconform.adapter import Divergence, load_adapter
+from bnconform.compare import compare_one, tolerance
+from bnconform.engine import run_cell
+
+from .numpy_bn import MutantBiasedRunningVar, NumpyBatchNorm, RaisingAdapter, WrongShapeAdapter
+from .test_oracle import make_case
+
+
+
+def case(dtype="float32", **layer):
+    c = make_case([{"op": "forward", "mode": "train"}, {"op": "forward", "mode": "eval"}], layer or None)
+    return c.model_copy(update={"input": c.input.model_copy(update={"dtype": dtype})})
+
+
+BIASED = Divergence("biased-running-var", "quirk", "running_var from the biased batch variance", "test source",
+                    {"running_var_correction": "biased"})
+
+
+class QuirkyBiased(MutantBiasedRunningVar):
+    name = "quirky: documented biased"
+    divergences = (BIASED,)
+
+
+class DocumentedButCanonical(NumpyBatchNorm):
+    name = "documented but canonical"
+    divergences = (BIASED,)
+
+
+class BuggyBiased(MutantBiasedRunningVar):
+    name = "known bug: biased"
+    divergences = (Divergence("bug", "known_bug", "biased by mistake", "src", {"running_var_correction": "biased"},
+                              versions=">=2.0", issue="https://example.invalid/issue/1"),)
+
+
+class Unsupported(NumpyBatchNorm):
+    name = "unsupported"
+
+    def capabilities(self, case):
+        return "cannot do that"
+
+
+def test_conforms_and_fails():
+    assert run_cell(case(), NumpyBatchNorm(), "1").verdict == "conforms"
+    r = run_cell(case(), MutantBiasedRunningVar(), "1")
+    assert r.verdict == "fails" and "running_var" in r.reason
+
+
+def test_documented_quirk_is_matched_strictly():
+    r = run_cell(case(), QuirkyBiased(), "1")
+    assert r.verdict == "quirk" and r.divergences[0]["id"] == "biased-running-var"
+    assert r.canonical_comparisons and not all(c["passed"] for c in r.canonical_comparisons)
+
+
+def test_quirk_that_stops_reproducing_fails_the_gate():
+    r = run_cell(case(), DocumentedButCanonical(), "1")
+    assert r.verdict == "fails" and "no longer reproduce" in r.reason
+
+
+def test_quirk_that_does_not_manifest_is_conforms():
+    # Eval only: the running-variance correction cannot show, so nothing to judge as quirk.
+    c = make_case([{"op": "forward", "mode": "eval"}])
+    c = c.model_copy(update={"input": c.input.model_copy(update={"dtype": "float32"})})
+    assert run_cell(c, DocumentedButCanonical(), "1").verdict == "conforms"
+
+
+def test_known_bug_and_version_range():
+    assert run_cell(case(), BuggyBiased(), "2.1").verdict == "known_bug"
+    # Outside the documented range the divergence is not expected: plain fails.
+    r = run_cell(case(), BuggyBiased(), "1.9")
+    assert r.verdict == "fails" and not r.divergences
+    with pytest.raises(ValueError):
+        Divergence("x", "known_bug", "s", "src")  # a known bug needs its upstream issue
+
+
+def test_unsupported_error_and_bad_shapes():
+    assert run_cell(case(), Unsupported(), "1").reason == "cannot do that"
+    r = run_cell(case(), RaisingAdapter(), "1")
+    assert r.verdict == "error" and "RuntimeError: boom" in r.reason
+    r = run_cell(case(), WrongShapeAdapter(), "1")
+    assert r.verdict == "fails" and "shape" in r.reason
+
+
+def test_load_adapter_errors_name_the_target():
+    with pytest.raises(ValueError, match="package.module:ClassName"):
+        load_adapter("nocolon")
+    with pytest.raises(ImportError, match="no_such_module"):
+        load_adapter("no_such_module:X")
+    with pytest.raises(AttributeError, match="Nope"):
+        load_adapter("tests.numpy_bn:Nope")
+    with pytest.raises(TypeError):
+        load_adapter("numpy:ndarray")
+
+
+# ------------------------------------------------------------ tolerance model
+
+def test_float32_tolerance_is_tight_and_scales_with_magnitude():
+    c = case()
+    e, mag = np.array([1.0, 1.0]), np.array([1.0, 1000.0])
+    tol = tolerance(e, mag, "output", c, 0)
+    assert tol[0] < 1e-5 and tol[1] > 100 * tol[0] * 0.9
+    assert (tolerance(e, mag, "num_batches_tracked", c, 0) == 0).all()
+
+
+def test_structural_mismatches_fail_with_a_message():
+    c = case()
+    e, m = np.zeros(3), np.ones(3)
+    assert "shape" in compare_one(np.zeros(4, np.float32), e, m, "running_mean", c, 0).message
+    assert "dtype float64" in compare_one(np.zeros(3), e, m, "running_mean", c, 0).message
+    assert compare_one(None, e, m, "running_mean", c, 0).message == "adapter returned no value"
+    nan = compare_one(np.array([0, np.nan, 0], np.float32), e, m, "running_mean", c, 0)
+    assert not nan.passed and "NaN where the oracle has a value" in nan.message
+    both_nan = compare_one(np.array([0, np.nan, 0], np.float32), np.array([0, np.nan, 0]), m, "running_mean", c, 0)
+    assert both_nan.passed
+    assert not compare_one(np.array(3), np.array(2.0), np.array(0.0), "num_batches_tracked", c, 0).passed
+
+
+def test_one_pass_variance_with_large_offset_fails_but_two_pass_passes():
+    # Mean 1e4, spread 1, float32: E[x^2] - E[x]^2 cancels catastrophically.
+    c = make_case([{"op": "forward", "mode": "train"}], {"momentum": 1.0},
+                  dist={"mean": 1.0e4, "std": 1.0}, shape=(64, 2, 4, 4))
+    c = c.model_copy(update={"input": c.input.model_copy(update={"dtype": "float32"})})
+
+    class OnePass(NumpyBatchNorm):
+        name = "one-pass variance"
+
+        def run(self, case, arrays):
+            obs = super().run(case, arrays)
+            x = arrays.batches[0].astype(np.float32)
+            n = x.size // x.shape[1]
+            var = (x * x).mean(axis=(0, 2, 3), dtype=np.float32) - x.mean(axis=(0, 2, 3), dtype=np.float32) ** 2
+            obs[(0, "running_var")] = (var * np.float32(n / (n - 1))).astype(np.float32)
+            return obs
+
+    assert run_cell(c, NumpyBatchNorm(), "1").verdict == "conforms"
+    assert run_cell(c, OnePass(), "1").verdict == "fails"

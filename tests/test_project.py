@@ -1,0 +1,64 @@
+"""Project wiring: the README commands, .ci/run, tox envs and the adapter registry agree."""
+
+import configparser
+import importlib
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```(?:sh|bash|shell)\n(.*?)```", text, re.S).group(1)
+    return [ln.strip() for ln in block.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+
+def tox() -> configparser.ConfigParser:
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read(ROOT / "tox.ini")
+    return cfg
+
+
+def test_readme_starts_with_main_job_then_tests():
+    main, tests = readme_commands()[:2]
+    assert main.endswith("tox -m main") and tests.endswith("tox -m ci")
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    script = (ROOT / ".ci" / "run").read_text()
+    assert readme_commands()[1] in script.splitlines()
+
+
+def test_tox_labels_name_existing_envs():
+    cfg = tox()
+    labels = {}
+    for line in cfg["tox"]["labels"].strip().splitlines():
+        name, _, envs = line.partition("=")
+        labels[name.strip()] = [e.strip() for e in envs.split(",")]
+    assert {"main", "ci"} <= set(labels)
+    envs = {s.split(":", 1)[1] for s in cfg.sections() if s.startswith("testenv:")}
+    for label, names in labels.items():
+        assert set(names) <= envs, (label, set(names) - envs)
+    assert labels["main"][-1] == "report" and "selftest" in labels["ci"]
+
+
+def test_every_conformance_env_gates_its_framework():
+    cfg = tox()
+    for section in cfg.sections():
+        cmd = cfg[section].get("commands", "")
+        if "pytest cases" in cmd:
+            assert "--framework" in cmd, f"{section} runs the matrix without requiring its framework"
+
+
+def test_builtin_adapters_resolve_and_cite_sources():
+    from adapters import BUILTIN
+    from bnconform.adapter import Adapter
+
+    for name, (target, framework) in BUILTIN.items():
+        module, _, cls_name = target.partition(":")
+        cls = getattr(importlib.import_module(module), cls_name)  # framework imports are lazy
+        assert issubclass(cls, Adapter) and cls.name == name and cls.framework == framework
+        assert cls.__doc__ or importlib.import_module(module).__doc__
+        for d in cls.divergences:
+            assert d.source.strip(), f"{name}: divergence {d.id} has no source"
