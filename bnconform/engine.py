@@ -69,18 +69,29 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}\n" + "".join(tail)[-2000:]
 
 
+def case_fields(case: Case) -> dict:
+    """The record fields that describe the case."""
+    return dict(case_id=case.id, case_file=case.file, theme=case.theme, title=case.title, behaviour=case.behaviour,
+                tags=list(case.tags), sources=[s.model_dump(exclude_none=True) for s in case.source])
+
+
+def error_record(case: Case, adapter: str, framework: str, version: str, message: str,
+                 device: str = "cpu", nodeid: str | None = None, duration_s: float = 0.0) -> ResultRecord:
+    """An ``error`` record for a cell whose run never returned: it timed out or
+    crashed its process (recorded by the pytest plugin)."""
+    return ResultRecord(**case_fields(case), adapter=adapter, framework=framework, framework_version=version,
+                        device=device, env=current_env(), nodeid=nodeid, verdict="error", reason=message,
+                        duration_s=duration_s)
+
+
 def run_cell(case: Case, adapter: Adapter, framework_version: str | None = None, nodeid: str | None = None) -> ResultRecord:
     """Run one cell and return its record. Never raises for framework or
     adapter failures (they become ``error``/``fails``); raises only for bugs in
     bnconform itself."""
     start = time.perf_counter()
     version = framework_version if framework_version is not None else adapter.framework_version()
-    base = dict(
-        case_id=case.id, case_file=case.file, theme=case.theme, title=case.title, behaviour=case.behaviour,
-        tags=list(case.tags), sources=[s.model_dump(exclude_none=True) for s in case.source],
-        adapter=adapter.name, framework=adapter.framework, framework_version=version, device=adapter.device,
-        env=current_env(), nodeid=nodeid,
-    )
+    base = dict(**case_fields(case), adapter=adapter.name, framework=adapter.framework, framework_version=version,
+                device=adapter.device, env=current_env(), nodeid=nodeid)
 
     def record(verdict: str, reason: str | None = None, **extra) -> ResultRecord:
         return ResultRecord(**base, verdict=verdict, reason=reason, duration_s=time.perf_counter() - start, **extra)

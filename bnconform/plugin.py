@@ -21,6 +21,8 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
+import re
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,7 @@ import pytest
 
 from .adapter import Adapter, load_adapter
 from .catalogue import CatalogueError, Case, load_file
-from .engine import run_cell
+from .engine import error_record, run_cell
 from .results import FAILING, ResultRecord, ResultsWriter, current_env
 
 ENTRY_POINT_GROUP = "bnconform.adapters"
@@ -123,14 +125,41 @@ class Recorder:
         self.counts: Counter = Counter()
 
     def pytest_runtest_logreport(self, report):
-        record = getattr(report, "bnconform_record", None)
-        if record is None or self.worker:
+        if self.worker:
             return
+        record = getattr(report, "bnconform_record", None)
+        if record is not None:
+            self._write(json.loads(record))
+        elif report.failed and report.when == "???":  # pytest-xdist: the worker process died in this cell
+            data = self._crash_record(report)
+            if data is not None:
+                self._write(data)
+
+    def _write(self, data: dict) -> None:
         if self.writer is None:
             self.writer = ResultsWriter(_results_path(self.config))
-        data = json.loads(record)
         self.writer.write(data)
         self.counts[data["verdict"]] += 1
+
+    def _crash_record(self, report) -> dict | None:
+        """An ``error`` record for a cell whose worker crashed (abort, segfault, hard timeout)."""
+        match = re.fullmatch(r"(.+\.yaml)::(.+?)\[(.+)\]", report.nodeid)
+        if not match:
+            return None
+        path, case_id, spec_name = match.groups()
+        spec = next((s for s in self.specs if s.name == spec_name), None)
+        try:
+            case = next(c for c in load_file(Path(self.config.rootpath) / path, self.config.rootpath) if c.id == case_id)
+        except (CatalogueError, StopIteration):
+            return None
+        name, framework, device = spec_name, spec.framework if spec else "", "cpu"
+        try:
+            adapter = load_adapter(spec.target)  # instantiation only; the framework is not imported
+            name, framework, device = adapter.name, adapter.framework, adapter.device
+        except Exception:  # noqa: BLE001
+            pass
+        message = f"the process running this cell crashed: {str(report.longrepr)[-1500:]}"
+        return error_record(case, name, framework, "unknown", message, device, report.nodeid).model_dump(mode="json")
 
     def pytest_unconfigure(self, config):
         if self.writer is not None:
@@ -214,7 +243,14 @@ class CellItem(pytest.Item):
         why_not = adapter.available()
         if why_not:
             pytest.skip(f"{adapter.name}: {why_not}")
-        self.record = run_cell(self.case, adapter, version, nodeid=self.nodeid)
+        start = time.perf_counter()
+        try:
+            self.record = run_cell(self.case, adapter, version, nodeid=self.nodeid)
+        except pytest.fail.Exception as exc:  # pytest-timeout's signal method lands here
+            self.record = error_record(self.case, adapter.name, adapter.framework, version,
+                                       f"did not finish: {exc}", adapter.device, self.nodeid,
+                                       time.perf_counter() - start)
+            raise
         if self.record.verdict in FAILING:
             raise CellFailure(f"{self.record.verdict}: {self.record.reason}")
 
@@ -231,5 +267,5 @@ class CellItem(pytest.Item):
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
-    if isinstance(item, CellItem) and call.when == "call" and item.record is not None:
+    if isinstance(item, CellItem) and call.when == "call" and getattr(item, "record", None) is not None:
         outcome.get_result().bnconform_record = item.record.model_dump_json()

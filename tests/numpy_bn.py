@@ -174,3 +174,29 @@ class WrongShapeAdapter(NumpyBatchNorm):
     def run(self, case, arrays):
         obs = super().run(case, arrays)
         return {k: (v.reshape(-1) if k[1] == "output" else v) for k, v in obs.items()}
+
+
+class AbortingAdapter(NumpyBatchNorm):
+    """A 'framework' that kills its process on one case (simulates a segfault)."""
+
+    name = "plugin: aborts"
+
+    def run(self, case, arrays):
+        if case.id == "train-1step-m0.5":
+            import os
+
+            os.abort()
+        return super().run(case, arrays)
+
+
+class HangingAdapter(NumpyBatchNorm):
+    """A 'framework' that hangs on one case."""
+
+    name = "plugin: hangs"
+
+    def run(self, case, arrays):
+        if case.id == "train-1step-m0.5":
+            import time
+
+            time.sleep(600)
+        return super().run(case, arrays)

@@ -100,3 +100,32 @@ def test_invalid_case_is_a_collection_error_naming_file_case_field(project):
     assert result.ret == 2  # collection error interrupts the gate
     only_good = project.runpytest_subprocess("cases/training.yaml", "--adapter", "tests.numpy_bn:NumpyBatchNorm")
     assert only_good.ret == 0  # valid files still run when asked for
+
+
+def _by_case(recs):
+    return {r["case_id"]: r for r in recs}
+
+
+def test_crashing_framework_is_an_error_cell_and_other_results_are_kept(project):
+    result = project.runpytest_subprocess("--adapter", "tests.numpy_bn:AbortingAdapter", "-n", "2",
+                                          "--results-dir", "res", "-p", "no:faulthandler")
+    assert result.ret == 1
+    recs = _by_case(records(project.path / "res" / "scratch.jsonl"))
+    crashed = recs.pop("train-1step-m0.5")
+    assert crashed["verdict"] == "error" and "crashed" in crashed["reason"]
+    assert crashed["adapter"] == "plugin: aborts"
+    assert len(recs) >= 10 and {r["verdict"] for r in recs.values()} == {"conforms"}
+
+
+@pytest.mark.parametrize("method", ["signal", "thread"])
+def test_hanging_framework_times_out_as_an_error_cell(project, method):
+    args = ["--adapter", "tests.numpy_bn:HangingAdapter", "--results-dir", "res", "--timeout", "3",
+            "--timeout-method", method]
+    if method == "thread":  # the thread method kills the process: xdist restarts the worker
+        args += ["-n", "2"]
+    result = project.runpytest_subprocess(*args)
+    assert result.ret == 1
+    recs = _by_case(records(project.path / "res" / "scratch.jsonl"))
+    hung = recs.pop("train-1step-m0.5")
+    assert hung["verdict"] == "error" and ("Timeout" in hung["reason"] or "crashed" in hung["reason"])
+    assert len(recs) >= 10 and {r["verdict"] for r in recs.values()} == {"conforms"}
