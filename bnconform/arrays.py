@@ -60,6 +60,16 @@ def _per_channel(value, c: int, shape_len: int, axis: int) -> np.ndarray:
     return v.reshape(shape)
 
 
+def draw_layout(dist: Distribution, shape: tuple[int, ...], axis: int, seed: tuple[int, ...]) -> np.ndarray:
+    """Draw like :func:`draw` in the channels-first layout, then move the
+    channel to ``axis``: an NHWC case holds exactly the transposed values of
+    the NCHW case with the same seed (one case seen in two layouts)."""
+    if len(shape) < 2 or axis == 1:
+        return draw(dist, shape, axis, seed)
+    first = tuple(np.moveaxis(np.empty(shape, dtype=np.uint8), axis, 1).shape)
+    return np.moveaxis(draw(dist, first, 1, seed), 1, axis)
+
+
 def draw(dist: Distribution, shape: tuple[int, ...], axis: int, seed: tuple[int, ...]) -> np.ndarray:
     """Draw float64 values of ``shape`` from ``dist``; per-channel lists
     broadcast along ``axis``. Deterministic for a given ``seed`` tuple."""
@@ -101,9 +111,9 @@ def generate(case: Case) -> CaseArrays:
     out = CaseArrays(dtype=inp.dtype, param_dtype=param_dtype(inp.dtype))
     for i, step in enumerate(case.steps):
         if isinstance(step, Forward) and step.batch not in out.batches:
-            out.batches[step.batch] = cast(draw(inp.distribution, shape, axis, (inp.seed, _STREAM_INPUT, step.batch)), inp.dtype)
+            out.batches[step.batch] = cast(draw_layout(inp.distribution, shape, axis, (inp.seed, _STREAM_INPUT, step.batch)), inp.dtype)
         elif isinstance(step, Backward):
-            out.grad_outputs[i] = cast(draw(step.grad_output, shape, axis, (inp.seed, _STREAM_GRAD, i)), inp.dtype)
+            out.grad_outputs[i] = cast(draw_layout(step.grad_output, shape, axis, (inp.seed, _STREAM_GRAD, i)), inp.dtype)
     for name, spec in case.layer.init:
         if isinstance(spec, Distribution):
             v = draw(spec, (c,), 0, (inp.seed, _STREAM_PARAM, _PARAM_INDEX[name]))

@@ -188,7 +188,9 @@ class Forward(_Strict):
       (MXNet ``use_global_stats=True``, Keras ``trainable=False``, Flax
       ``use_running_average=True``, ``torch.nn.Module.eval()`` under autograd).
 
-    With ``track_running_stats: false`` every mode uses batch statistics.
+    With ``track_running_stats: false`` every mode uses batch statistics. An
+    empty batch (N = 0) gives an empty output and leaves the running statistics
+    unchanged (a train forward is still counted by ``num_batches_tracked``).
     """
 
     op: Literal["forward"]

@@ -28,6 +28,7 @@ error a numerically STABLE algorithm would make — and no more.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -99,7 +100,8 @@ def batch_stats(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     """
     x = np.asarray(x, dtype=np.float64)
     axes = reduce_axes(x.ndim, axis)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # empty batch: NaN statistics, by design
         mean = x.mean(axis=axes)
         var = ((x - channel_view(mean, x.ndim, axis)) ** 2).mean(axis=axes)
     return mean, var
@@ -209,6 +211,8 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
     def apply_update(mean, var, abs_mean, mag_var):
         nonlocal rm, rv, nbt
         nbt += 1
+        if m == 0:  # an empty batch carries no statistics: counted, nothing averaged in
+            return
         if L.momentum is None:
             if not profile.cumulative_average:
                 raise OracleUndefined("momentum=None (cumulative average) is not defined in this profile")
@@ -216,22 +220,21 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
         else:
             factor = L.momentum
         pop = population_variance(var, m, profile.running_var_correction)
-        corr = pop / var if profile.running_var_correction == "unbiased" else 1.0
+        corr = m / (m - 1) if profile.running_var_correction == "unbiased" else 1.0
         rm, rv = ema(rm, mean, factor), ema(rv, pop, factor)
         mag["running_mean"] = (1 - factor) * mag["running_mean"] + factor * abs_mean
-        mag["running_var"] = (1 - factor) * mag["running_var"] + factor * np.nan_to_num(corr, nan=1.0) * mag_var
+        mag["running_var"] = (1 - factor) * mag["running_var"] + factor * corr * mag_var
 
     for i, step in enumerate(case.steps):
         if isinstance(step, Forward):
             x = np.asarray(arrays.batches[step.batch], dtype=np.float64)
             axes = reduce_axes(ndim, axis)
-            with np.errstate(invalid="ignore", divide="ignore"):
+            with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
                 abs_mean = np.abs(x).mean(axis=axes)
             use_batch = step.mode == "train" or not L.track_running_stats
             if use_batch:
-                if m == 0:
-                    raise OracleUndefined("batch statistics of an empty batch are undefined")
-                mean, var = batch_stats(x, axis)
+                mean, var = batch_stats(x, axis)  # NaN for an empty batch; the output is empty
                 # Two-pass variance: rounding of (x - mean) costs ~u*|x| per term.
                 mag_var = var + 2.0 * np.sqrt(var) * abs_mean
             else:

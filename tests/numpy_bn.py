@@ -61,8 +61,9 @@ class NumpyBatchNorm(Adapter):
                 n = x.size // x.shape[axis]
                 batch = step.mode == "train" or not L.track_running_stats or self.eval_uses_batch_stats
                 if batch:
-                    mean = x.mean(axis=axes)
-                    var = ((x - cv(mean)) ** 2).mean(axis=axes)
+                    with np.errstate(invalid="ignore", divide="ignore"):
+                        mean = x.mean(axis=axes) if n else np.full(x.shape[axis], np.nan, pdt)
+                        var = ((x - cv(mean)) ** 2).mean(axis=axes) if n else mean
                     if step.mode == "train" and L.track_running_stats and self.update_running_stats:
                         if self.count_batches:
                             nbt += 1
@@ -70,9 +71,12 @@ class NumpyBatchNorm(Adapter):
                             f = 1.0 / max(nbt, 1)
                         else:
                             f = (1.0 - L.momentum) if self.momentum_is_decay else L.momentum
-                        pop = var if self.running_var_biased else var * (n / (n - 1))
-                        rm = ((1 - f) * rm + f * mean).astype(pdt)
-                        rv = ((1 - f) * rv + f * pop).astype(pdt)
+                        if n == 1 and not self.running_var_biased:
+                            raise ValueError("unbiased variance of one value")
+                        if n > 0:  # an empty batch has nothing to average in
+                            pop = var if self.running_var_biased else var * (n / (n - 1))
+                            rm = ((1 - f) * rm + f * mean).astype(pdt)
+                            rv = ((1 - f) * rv + f * pop).astype(pdt)
                     norm_var = var * (n / (n - 1)) if self.normalise_with_unbiased else var
                 else:
                     mean, norm_var = rm, rv
