@@ -12,6 +12,7 @@ Idioms translated:
 
 from __future__ import annotations
 
+from bnconform.adapter import Divergence
 from bnconform.catalogue import Backward, Case, Forward, SgdStep
 
 from ._torch import TorchAdapter
@@ -20,6 +21,14 @@ from ._torch import TorchAdapter
 class _TorchModule(TorchAdapter):
     module_name = ""
     ranks: tuple[int, ...] = ()
+
+    def prepare(self, x):
+        """The input tensor as the user would pass it (memory format hook)."""
+        return x
+
+    def call(self, module, x):
+        """Run the module (hook for compiled execution paths)."""
+        return module(x)
 
     def capabilities(self, case: Case) -> str | None:
         reason = super().capabilities(case)
@@ -52,8 +61,8 @@ class _TorchModule(TorchAdapter):
         for i, step in enumerate(case.steps):
             if isinstance(step, Forward):
                 module.train(step.mode == "train")
-                x = self.tensor(arrays.batches[step.batch], case.input.dtype).requires_grad_(True)
-                y = module(x)
+                x = self.prepare(self.tensor(arrays.batches[step.batch], case.input.dtype)).requires_grad_(True)
+                y = self.call(module, x)
                 obs[(i, "output")] = self.numpy(y)
             elif isinstance(step, Backward):
                 x.grad = None
@@ -87,6 +96,37 @@ class BatchNorm2d(_TorchModule):
 
 class BatchNorm3d(_TorchModule):
     name, module_name, ranks = "torch.nn.BatchNorm3d", "BatchNorm3d", (5,)
+
+
+class BatchNorm2dChannelsLast(BatchNorm2d):
+    """BatchNorm2d fed ``torch.channels_last`` (NHWC in memory, NCHW logically):
+    a different CPU kernel path (``batch_norm_cpu_channels_last`` in
+    ``aten/src/ATen/native/cpu/batch_norm_kernel.cpp``), same semantics.
+
+    ``grad_output`` is passed as the catalogue gives it (contiguous NCHW), as
+    it arrives from a loss computed on a reshaped or permuted output, so the
+    backward sees mixed memory formats.
+    """
+
+    name = "torch.nn.BatchNorm2d[channels_last]"
+    divergences = (
+        Divergence(
+            id="bf16-channels-last-mixed-format-backward",
+            kind="known_bug",
+            summary=("bfloat16 input in channels_last with a contiguous grad_output: grad_input, grad_weight and "
+                     "grad_bias lose precision (errors of bfloat16 accumulation, ~1e-2 relative), while the same "
+                     "call with matching memory formats is accurate; expected on bfloat16 cases with a backward"),
+            source=("aten/src/ATen/native/Normalization.cpp, batch_norm_backward_cpu_template: when input and "
+                    "grad_out memory formats differ (all_contiguous is false) the vectorised "
+                    "batch_norm_cpu_backward_stub is skipped for a fallback path"),
+            finding="findings/torch_bf16_channels_last_backward.py",
+            observables=("grad_input", "grad_weight", "grad_bias"),
+            when=lambda case: case.input.dtype == "bfloat16" and any(isinstance(s, Backward) for s in case.steps),
+        ),
+    )
+
+    def prepare(self, x):
+        return x.contiguous(memory_format=self.torch.channels_last)
 
 
 class BatchNorm2dCUDA(BatchNorm2d):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Callable, ClassVar, Literal
 
 import numpy as np
 from packaging.specifiers import SpecifierSet
@@ -47,6 +47,13 @@ class Divergence:
     knobs that reproduce it exactly. ``versions``: PEP 440 specifier set of the
     framework versions it applies to (empty = all). ``source``: the framework
     file, documentation page or thread that establishes it.
+
+    A ``known_bug`` the oracle cannot model (e.g. lost precision) has no
+    ``options``; it names the ``observables`` where it shows and ``when``, a
+    predicate on the case (described in ``summary``) selecting where it is
+    expected. The engine then requires those observables to FAIL there and
+    everything else to pass (a strict expected failure). ``finding`` names the
+    reproduction script under ``findings/``.
     """
 
     id: str
@@ -56,11 +63,20 @@ class Divergence:
     options: dict = field(default_factory=dict)
     versions: str = ""
     issue: str | None = None
+    finding: str | None = None
+    observables: tuple[str, ...] = ()
+    when: Callable[[Case], bool] | None = field(default=None, compare=False)
 
     def __post_init__(self):
-        if self.kind == "known_bug" and not self.issue:
-            raise ValueError(f"known_bug {self.id!r} needs an upstream issue link")
+        if self.kind == "known_bug" and not (self.issue or self.finding):
+            raise ValueError(f"known_bug {self.id!r} needs an upstream issue link or a findings/ reproduction")
+        if not self.options and not (self.kind == "known_bug" and self.observables):
+            raise ValueError(f"divergence {self.id!r} needs oracle options, or (known_bug) the observables it breaks")
         SpecifierSet(self.versions)  # raises InvalidSpecifier early
+
+    def matches(self, case: Case) -> bool:
+        """Whether the divergence is expected on ``case`` (its ``when`` predicate)."""
+        return self.when is None or bool(self.when(case))
 
     def applies_to(self, version: str) -> bool:
         """Whether this divergence is documented for ``version`` of the framework."""
@@ -73,7 +89,8 @@ class Divergence:
 
     def to_dict(self) -> dict:
         return {"id": self.id, "kind": self.kind, "summary": self.summary, "source": self.source,
-                "options": dict(self.options), "versions": self.versions, "issue": self.issue}
+                "options": dict(self.options), "versions": self.versions, "issue": self.issue,
+                "finding": self.finding, "observables": list(self.observables)}
 
 
 class Adapter:

@@ -99,7 +99,9 @@ def run_cell(case: Case, adapter: Adapter, framework_version: str | None = None,
     reason = adapter.capabilities(case)
     if reason:
         return record("unsupported", reason)
-    documented = [d for d in adapter.divergences if d.applies_to(version)]
+    applicable = [d for d in adapter.divergences if d.applies_to(version) and d.matches(case)]
+    documented = [d for d in applicable if d.options]       # reproduced by oracle options
+    expected_failures = [d for d in applicable if not d.options]  # defects the oracle cannot model
     canonical = _expect(case, CANONICAL)
     declared = profile_for(documented)
     divergent = _expect(case, declared) if declared is not CANONICAL else canonical
@@ -128,25 +130,38 @@ def run_cell(case: Case, adapter: Adapter, framework_version: str | None = None,
                 if isinstance(without, OracleUndefined) or not expectations_agree(without, divergent, case, observable):
                     manifest.append(d)
             manifest = manifest or documented
+    if manifest:
+        judged, against = compare(divergent, observations, case, observable)[0], \
+            f"oracle with documented divergence(s) {', '.join(d.id for d in manifest)}"
+        extra = dict(comparisons=dicts(judged), canonical_comparisons=dicts(canon_cmp))
+    else:
+        judged, against, extra = canon_cmp, "canonical oracle", dict(comparisons=dicts(canon_cmp))
+    failed = [c for c in judged if not c.passed]
+    shown = manifest + expected_failures
+    extra.update(not_observed=not_observed, divergences=[d.to_dict() for d in shown])
+
+    if expected_failures:
+        # Strict expected failure: the defect must show, and only where documented.
+        where = set().union(*(d.observables for d in expected_failures))
+        names = ", ".join(d.id for d in expected_failures)
+        if not failed:
+            return record("fails", f"behaviour changed: known bug(s) {names} no longer reproduce", **extra)
+        if {c.observable for c in failed} <= where:
+            return record("known_bug", "; ".join(f"{d.id}: {d.summary}" for d in shown) + " — "
+                          + _summarise(failed, against), **extra)
+        return record("fails", _summarise([c for c in failed if c.observable not in where], against), **extra)
     if not manifest:
-        if canon_ok:
-            return record("conforms", comparisons=dicts(canon_cmp), not_observed=not_observed)
-        failed = [c for c in canon_cmp if not c.passed]
-        return record("fails", _summarise(failed, "canonical oracle"), comparisons=dicts(canon_cmp),
-                      not_observed=not_observed)
-    div_cmp, _ = compare(divergent, observations, case, observable)
-    extra = dict(comparisons=dicts(div_cmp), canonical_comparisons=dicts(canon_cmp), not_observed=not_observed,
-                 divergences=[d.to_dict() for d in manifest])
-    if all(c.passed for c in div_cmp):
+        if not failed:
+            return record("conforms", **extra)
+        return record("fails", _summarise(failed, against), **extra)
+    if not failed:
         verdict = "known_bug" if any(d.kind == "known_bug" for d in manifest) else "quirk"
         return record(verdict, "; ".join(f"{d.id}: {d.summary}" for d in manifest), **extra)
     if canon_ok:
         names = ", ".join(d.id for d in manifest)
         return record("fails", f"behaviour changed: documented divergence(s) {names} no longer reproduce — "
                                f"the framework now matches the canonical oracle", **extra)
-    failed = [c for c in div_cmp if not c.passed]
-    return record("fails", _summarise(failed, f"oracle with documented divergence(s) "
-                                              f"{', '.join(d.id for d in manifest)}"), **extra)
+    return record("fails", _summarise(failed, against), **extra)
 
 
 def _summarise(failed, against: str) -> str:

@@ -138,3 +138,40 @@ def test_one_pass_variance_with_large_offset_fails_but_two_pass_passes():
 
     assert run_cell(c, NumpyBatchNorm(), "1").verdict == "conforms"
     assert run_cell(c, OnePass(), "1").verdict == "fails"
+
+
+def _backward_case():
+    c = make_case([{"op": "forward", "mode": "train"}, {"op": "backward"}])
+    return c.model_copy(update={"input": c.input.model_copy(update={"dtype": "float32"})})
+
+
+def _expected_failure(observables):
+    return Divergence("grad-bias-bug", "known_bug", "grad_bias is wrong on backward cases", "src",
+                      finding="findings/x.py", observables=observables,
+                      when=lambda case: any(s.op == "backward" for s in case.steps))
+
+
+def test_unmodelled_known_bug_is_a_strict_expected_failure():
+    from .numpy_bn import MutantGradBiasWrong
+
+    class Documented(MutantGradBiasWrong):
+        name = "documented grad_bias bug"
+        divergences = (_expected_failure(("grad_bias",)),)
+
+    class Fixed(NumpyBatchNorm):
+        name = "bug fixed upstream"
+        divergences = (_expected_failure(("grad_bias",)),)
+
+    class WrongPlace(MutantGradBiasWrong):
+        name = "bug documented on the wrong observable"
+        divergences = (_expected_failure(("grad_input",)),)
+
+    r = run_cell(_backward_case(), Documented(), "1")
+    assert r.verdict == "known_bug" and r.divergences[0]["finding"] == "findings/x.py"
+    fixed = run_cell(_backward_case(), Fixed(), "1")
+    assert fixed.verdict == "fails" and "no longer reproduce" in fixed.reason
+    assert run_cell(_backward_case(), WrongPlace(), "1").verdict == "fails"
+    # Outside its `when` predicate the bug is not expected: forward-only case conforms.
+    assert run_cell(case(), Documented(), "1").verdict == "conforms"
+    with pytest.raises(ValueError):
+        Divergence("q", "quirk", "no options and no observables", "src")
