@@ -1,7 +1,9 @@
 """Built-in adapters, one small module per framework API.
 
 ``BUILTIN`` maps each adapter's report name to its ``module:Class`` target and
-the framework (import name) it needs. The pytest plugin instantiates them
+its group: the framework's import name, optionally with a ``.variant`` suffix
+for execution paths that run as an env of their own (``torch.compile``).
+``pytest --framework GROUP`` selects a group exactly. The pytest plugin instantiates them
 lazily: a missing framework never breaks collection of the others, and is
 reported loudly (an error when ``--framework`` demands it).
 """
@@ -13,4 +15,7 @@ BUILTIN: dict[str, tuple[str, str]] = {
     "torch.nn.BatchNorm2d[channels_last]": ("adapters.torch_nn:BatchNorm2dChannelsLast", "torch"),
     "torch.nn.functional.batch_norm": ("adapters.torch_functional:FunctionalBatchNorm", "torch"),
     "torch.nn.BatchNorm2d[cuda]": ("adapters.torch_nn:BatchNorm2dCUDA", "torch"),
+    "torch.compile(nn.BatchNormNd)": ("adapters.torch_compile:CompiledModule", "torch.compile"),
+    "torch.compile(nn.BatchNormNd, fullgraph=True)": ("adapters.torch_compile:CompiledModuleFullGraph", "torch.compile"),
+    "torch.compile(F.batch_norm)": ("adapters.torch_compile:CompiledFunctional", "torch.compile"),
 }

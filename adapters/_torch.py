@@ -45,7 +45,22 @@ class TorchAdapter(Adapter):
     def tensor(self, a: np.ndarray, dtype: str):
         """numpy (storage dtype) -> torch tensor of ``dtype`` on this adapter's device."""
         torch = self.torch
-        return torch.from_numpy(np.ascontiguousarray(a)).to(device=self.device, dtype=getattr(torch, _DTYPES[dtype]))
+        # A copy: the tensor must never alias the caller's array (in-place
+        # running-stat updates would write into it).
+        return torch.tensor(np.ascontiguousarray(a)).to(device=self.device, dtype=getattr(torch, _DTYPES[dtype]))
+
+    @staticmethod
+    def retain_graph(case: Case, i: int) -> bool:
+        """Keep the autograd graph after the backward at step ``i`` only if
+        another backward follows before the next forward (as a user would)."""
+        from bnconform.catalogue import Backward, Forward
+
+        for step in case.steps[i + 1:]:
+            if isinstance(step, Forward):
+                return False
+            if isinstance(step, Backward):
+                return True
+        return False
 
     @staticmethod
     def numpy(t) -> np.ndarray:

@@ -23,6 +23,10 @@ class FunctionalBatchNorm(TorchAdapter):
     name = "torch.nn.functional.batch_norm"
     observables = frozenset(OBSERVABLES) - {"num_batches_tracked"}
 
+    def batch_norm(self, F):
+        """The callable under test (hook for compiled execution paths)."""
+        return F.batch_norm
+
     def capabilities(self, case: Case) -> str | None:
         if case.layer.momentum is None and case.layer.track_running_stats:
             return ("F.batch_norm takes a float momentum: the cumulative average (momentum=None) "
@@ -45,7 +49,7 @@ class FunctionalBatchNorm(TorchAdapter):
             if isinstance(step, Forward):
                 x = self.tensor(arrays.batches[step.batch], case.input.dtype).requires_grad_(True)
                 training = step.mode == "train" or not L.track_running_stats
-                y = F.batch_norm(x, rm, rv, params.get("weight"), params.get("bias"),
+                y = self.batch_norm(F)(x, rm, rv, params.get("weight"), params.get("bias"),
                                  training=training, momentum=L.momentum if L.momentum is not None else 0.1,
                                  eps=L.eps)
                 obs[(i, "output")] = self.numpy(y)
@@ -53,7 +57,7 @@ class FunctionalBatchNorm(TorchAdapter):
                 x.grad = None
                 for p in params.values():
                     p.grad = None
-                y.backward(self.tensor(arrays.grad_outputs[i], case.input.dtype), retain_graph=True)
+                y.backward(self.tensor(arrays.grad_outputs[i], case.input.dtype), retain_graph=self.retain_graph(case, i))
                 obs[(i, "grad_input")] = self.numpy(x.grad)
                 for name, p in params.items():
                     if p.grad is not None:

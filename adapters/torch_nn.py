@@ -6,7 +6,7 @@ Idioms translated:
 * ``layer.frozen`` -> ``parameter.requires_grad_(False)`` and the parameter
   left out of ``torch.optim.SGD``.
 * ``sgd_step`` -> ``torch.optim.SGD(params, lr).step()`` (plain SGD).
-* ``backward`` -> ``output.backward(grad_output, retain_graph=True)`` after
+* ``backward`` -> ``output.backward(grad_output, retain_graph=self.retain_graph(case, i))`` after
   clearing every ``.grad`` (gradients are not accumulated across steps).
 """
 
@@ -21,6 +21,10 @@ from ._torch import TorchAdapter
 class _TorchModule(TorchAdapter):
     module_name = ""
     ranks: tuple[int, ...] = ()
+
+    def module_for(self, case: Case) -> str:
+        """Name of the ``torch.nn`` module class to instantiate."""
+        return self.module_name
 
     def prepare(self, x):
         """The input tensor as the user would pass it (memory format hook)."""
@@ -44,7 +48,7 @@ class _TorchModule(TorchAdapter):
     def run(self, case, arrays):
         torch, L = self.torch, case.layer
         pdt = arrays.param_dtype
-        module = getattr(torch.nn, self.module_name)(
+        module = getattr(torch.nn, self.module_for(case))(
             L.num_features, eps=L.eps, momentum=L.momentum, affine=L.affine,
             track_running_stats=L.track_running_stats, device=self.device, dtype=getattr(torch, pdt))
         with torch.no_grad():
@@ -67,7 +71,7 @@ class _TorchModule(TorchAdapter):
             elif isinstance(step, Backward):
                 x.grad = None
                 module.zero_grad(set_to_none=True)
-                y.backward(self.tensor(arrays.grad_outputs[i], case.input.dtype), retain_graph=True)
+                y.backward(self.tensor(arrays.grad_outputs[i], case.input.dtype), retain_graph=self.retain_graph(case, i))
                 obs[(i, "grad_input")] = self.numpy(x.grad)
                 if L.affine:
                     for name in ("weight", "bias"):

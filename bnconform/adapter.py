@@ -54,6 +54,11 @@ class Divergence:
     expected. The engine then requires those observables to FAIL there and
     everything else to pass (a strict expected failure). ``finding`` names the
     reproduction script under ``findings/``.
+
+    ``raises``: a regular expression; on the cases selected by ``when`` the
+    framework is expected to RAISE an exception whose ``Type: message``
+    matches it (e.g. a documented limitation of a compiler). Not raising
+    there is a behaviour change.
     """
 
     id: str
@@ -65,13 +70,15 @@ class Divergence:
     issue: str | None = None
     finding: str | None = None
     observables: tuple[str, ...] = ()
+    raises: str | None = None
     when: Callable[[Case], bool] | None = field(default=None, compare=False)
 
     def __post_init__(self):
         if self.kind == "known_bug" and not (self.issue or self.finding):
             raise ValueError(f"known_bug {self.id!r} needs an upstream issue link or a findings/ reproduction")
-        if not self.options and not (self.kind == "known_bug" and self.observables):
-            raise ValueError(f"divergence {self.id!r} needs oracle options, or (known_bug) the observables it breaks")
+        if not (self.options or self.raises or (self.kind == "known_bug" and self.observables)):
+            raise ValueError(f"divergence {self.id!r} needs oracle options, an expected exception (raises), "
+                             "or (known_bug) the observables it breaks")
         SpecifierSet(self.versions)  # raises InvalidSpecifier early
 
     def matches(self, case: Case) -> bool:
@@ -90,7 +97,7 @@ class Divergence:
     def to_dict(self) -> dict:
         return {"id": self.id, "kind": self.kind, "summary": self.summary, "source": self.source,
                 "options": dict(self.options), "versions": self.versions, "issue": self.issue,
-                "finding": self.finding, "observables": list(self.observables)}
+                "finding": self.finding, "observables": list(self.observables), "raises": self.raises}
 
 
 class Adapter:

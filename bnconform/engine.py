@@ -20,6 +20,8 @@ Verdict rules (one vocabulary everywhere):
 
 from __future__ import annotations
 
+import copy
+import re
 import time
 import traceback
 
@@ -100,13 +102,30 @@ def run_cell(case: Case, adapter: Adapter, framework_version: str | None = None,
     if reason:
         return record("unsupported", reason)
     applicable = [d for d in adapter.divergences if d.applies_to(version) and d.matches(case)]
-    documented = [d for d in applicable if d.options]       # reproduced by oracle options
-    expected_failures = [d for d in applicable if not d.options]  # defects the oracle cannot model
+    raising = [d for d in applicable if d.raises]            # the framework must raise here
+    documented = [d for d in applicable if d.options and not d.raises]   # reproduced by oracle options
+    expected_failures = [d for d in applicable if not d.options and not d.raises]  # defects the oracle cannot model
     canonical = _expect(case, CANONICAL)
     declared = profile_for(documented)
     divergent = _expect(case, declared) if declared is not CANONICAL else canonical
     try:
-        observations = adapter.run(case, _arrays(case))
+        if raising:
+            try:
+                adapter.run(case, copy.deepcopy(_arrays(case)))
+            except Exception as exc:  # noqa: BLE001
+                text = f"{type(exc).__name__}: {exc}"
+                match = [d for d in raising if re.search(d.raises, text)]
+                if not match:
+                    return record("error", _error_text(exc), divergences=[d.to_dict() for d in raising])
+                verdict = "known_bug" if any(d.kind == "known_bug" for d in match) else "quirk"
+                return record(verdict, "; ".join(f"{d.id}: {d.summary}" for d in match) + f" — raised {text[:300]}",
+                              divergences=[d.to_dict() for d in match])
+            return record("fails", "behaviour changed: expected to raise ("
+                          + "; ".join(f"{d.id}: /{d.raises}/" for d in raising) + ") but it returned values",
+                          divergences=[d.to_dict() for d in raising])
+        # A private copy: an adapter that writes into its inputs cannot corrupt
+        # the oracle's arrays or the next cell's.
+        observations = adapter.run(case, copy.deepcopy(_arrays(case)))
     except Exception as exc:  # noqa: BLE001 - any framework failure is a verdict
         if isinstance(canonical, OracleUndefined) and isinstance(divergent, OracleUndefined):
             return record("conforms", f"the oracle finds this case undefined ({canonical}) and the framework "

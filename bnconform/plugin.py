@@ -80,7 +80,7 @@ def _select(config) -> tuple[list[AdapterSpec], dict[str, list[str]]]:
         for name, (target, fw) in builtin.items():
             if required and fw not in required:
                 continue
-            if fw in required or importlib.util.find_spec(fw) is not None:
+            if fw in required or importlib.util.find_spec(fw.split(".")[0]) is not None:
                 specs.append(AdapterSpec(name, target, fw, fw in required))
             else:
                 missing.setdefault(fw, []).append(name)

@@ -175,3 +175,47 @@ def test_unmodelled_known_bug_is_a_strict_expected_failure():
     assert run_cell(case(), Documented(), "1").verdict == "conforms"
     with pytest.raises(ValueError):
         Divergence("q", "quirk", "no options and no observables", "src")
+
+
+def test_an_adapter_writing_into_its_inputs_cannot_corrupt_other_cells():
+    class Vandal(NumpyBatchNorm):
+        name = "writes into its input arrays"
+
+        def run(self, case, arrays):
+            out = super().run(case, arrays)
+            for a in list(arrays.batches.values()) + list(arrays.init.values()):
+                a[...] = 123.0
+            return out
+
+    c = case()
+    assert run_cell(c, Vandal(), "1").verdict == "conforms"
+    assert run_cell(c, NumpyBatchNorm(), "1").verdict == "conforms"
+
+
+def test_expected_exception_is_strict():
+    only_1d = lambda case: len(case.input.shape) == 4  # noqa: E731
+    limitation = Divergence("no-4d", "quirk", "4-D input is rejected", "src", raises=r"RuntimeError: .*4-D", when=only_1d)
+
+    class Rejects(NumpyBatchNorm):
+        name = "rejects 4-D"
+        divergences = (limitation,)
+
+        def run(self, case, arrays):
+            raise RuntimeError("cannot do 4-D input")
+
+    class Accepts(NumpyBatchNorm):
+        name = "accepts 4-D now"
+        divergences = (limitation,)
+
+    class OtherError(NumpyBatchNorm):
+        name = "raises something else"
+        divergences = (limitation,)
+
+        def run(self, case, arrays):
+            raise TypeError("unrelated")
+
+    r = run_cell(case(), Rejects(), "1")
+    assert r.verdict == "quirk" and "cannot do 4-D" in r.reason
+    accepted = run_cell(case(), Accepts(), "1")
+    assert accepted.verdict == "fails" and "expected to raise" in accepted.reason
+    assert run_cell(case(), OtherError(), "1").verdict == "error"
