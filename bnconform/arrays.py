@@ -75,6 +75,8 @@ def draw(dist: Distribution, shape: tuple[int, ...], axis: int, seed: tuple[int,
     broadcast along ``axis``. Deterministic for a given ``seed`` tuple."""
     rng = np.random.default_rng(list(seed))
     c = shape[axis] if shape else 1
+    if dist.kind == "dataset":
+        return dataset_batch(dist.dataset, shape, seed)
     if dist.kind == "normal":
         z = rng.standard_normal(shape)
         a = _per_channel(dist.mean, c, len(shape), axis) + _per_channel(dist.std, c, len(shape), axis) * z
@@ -86,6 +88,18 @@ def draw(dist: Distribution, shape: tuple[int, ...], axis: int, seed: tuple[int,
         idx[axis] = ch
         a[tuple(idx)] = np.nan
     return a
+
+
+def dataset_batch(name: str, shape: tuple[int, ...], seed: tuple[int, ...]) -> np.ndarray:
+    """Batch ``seed[2]`` of ``shape = (N, C)`` rows of a dataset shipped with
+    scikit-learn, rows shuffled by ``seed[0]``; float64."""
+    import sklearn.datasets
+
+    data = np.asarray(getattr(sklearn.datasets, f"load_{name}")().data, dtype=np.float64)
+    order = np.random.default_rng([seed[0], 99]).permutation(len(data))
+    n, k = shape[0], seed[2]
+    rows = order[(np.arange(n) + k * n) % len(data)]
+    return data[rows].reshape(shape).copy()
 
 
 @dataclass

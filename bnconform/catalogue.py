@@ -37,6 +37,7 @@ from pydantic import (
 )
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
+DATASET_FEATURES = {"iris": 4, "wine": 13, "breast_cancer": 30, "digits": 64}
 MODES = ("train", "eval", "train_global_stats")
 
 #: Observables a case may compare. State observables (running_mean,
@@ -84,9 +85,16 @@ class Distribution(_Strict):
     ``mean`` and ``std`` (normal) or ``low`` and ``high`` (uniform) are scalars
     or one value per channel; ``std: 0`` gives a constant channel.
     ``nan_channels`` sets every value of those channels to NaN.
+
+    ``kind: dataset`` takes real data that ships inside scikit-learn
+    (``sklearn.datasets.load_<dataset>``, no download): the rows are shuffled
+    with the case seed and batch k is the k-th slice of N rows (wrapping
+    around); the input must be (N, C) with C = the dataset's feature count
+    (iris 4, wine 13, breast_cancer 30, digits 64).
     """
 
-    kind: Literal["normal", "uniform"] = "normal"
+    kind: Literal["normal", "uniform", "dataset"] = "normal"
+    dataset: Literal["iris", "wine", "breast_cancer", "digits"] | None = None
     mean: float | list[float] = 0.0
     std: float | list[float] = 1.0
     low: float = 0.0
@@ -105,6 +113,8 @@ class Distribution(_Strict):
     def _uniform_bounds(self):
         if self.kind == "uniform" and not self.low < self.high:
             raise ValueError("uniform needs low < high")
+        if (self.kind == "dataset") != (self.dataset is not None):
+            raise ValueError("kind: dataset and a dataset name go together")
         return self
 
 
@@ -255,6 +265,16 @@ class Case(_Strict):
         for name, init in self.layer.init:
             if isinstance(init, list) and len(init) != c:
                 raise ValueError(f"layer.init.{name} has {len(init)} values for {c} channels")
+            if isinstance(init, Distribution) and init.kind == "dataset":
+                raise ValueError(f"layer.init.{name}: a dataset cannot initialise a parameter")
+        for i, step in enumerate(self.steps):
+            if isinstance(step, Backward) and step.grad_output.kind == "dataset":
+                raise ValueError(f"steps[{i}].grad_output: a dataset cannot be a gradient")
+        dist = self.input.distribution
+        if dist.kind == "dataset":
+            features = DATASET_FEATURES[dist.dataset]
+            if len(self.input.shape) != 2 or self.input.axis != 1 or self.input.shape[1] != features:
+                raise ValueError(f"input.shape must be [N, {features}] (channel_axis 1) for dataset {dist.dataset}")
         return self
 
     @property

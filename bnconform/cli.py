@@ -1,7 +1,8 @@
 """Command line: ``bnconform report | validate | cases``.
 
-``bnconform report PATH... --out reports/parity.html [--summary S.json]``
-    merge result shards (files or directories of ``*.jsonl``) into one report.
+``bnconform report PATH... --out reports/parity.html [--summary S.json] [--baseline OLD...]``
+    merge result shards (files or directories of ``*.jsonl``) into one report;
+    with ``--baseline`` also show (and print) every change against an older run.
     Exit 0 when written (bad lines, conflicts are shown in the report and on
     stderr), 2 when no record could be read at all.
 ``bnconform validate [PATH...]``
@@ -21,7 +22,8 @@ from .report import write_report
 
 def _report(args) -> int:
     try:
-        merged = write_report(args.paths, args.out, args.summary)
+        merged, base_diff = write_report(args.paths, args.out, args.summary, baseline=args.baseline,
+                                         plots=not args.no_plots, figure_cache=args.figure_cache)
     except FileNotFoundError as exc:
         print(f"bnconform report: {exc}", file=sys.stderr)
         return 2
@@ -31,6 +33,9 @@ def _report(args) -> int:
         print(f"bnconform report: CONFLICT {a.case_id} on {a.adapter}: {a.verdict} ({a.env}) vs {b.verdict} ({b.env})",
               file=sys.stderr)
     counts = ", ".join(f"{v} {n}" for v, n in sorted(merged.counts().items()))
+    if base_diff is not None:
+        print("bnconform report: against the baseline:")
+        print("\n".join("  " + line for line in base_diff.text().splitlines()))
     print(f"bnconform report: {len(merged.cells)} cells ({counts}) -> {args.out}")
     return 0 if merged.cells else 2
 
@@ -59,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("paths", nargs="+", help="results files or directories of *.jsonl")
     p.add_argument("--out", default="reports/parity.html", help="HTML output (default: %(default)s)")
     p.add_argument("--summary", default=None, help="also write a machine-readable summary JSON here")
+    p.add_argument("--baseline", nargs="+", action="extend", default=None, metavar="OLD",
+                   help="older results files/directories: show every cell whose verdict or divergence set changed, "
+                        "and new/removed cases and adapters")
+    p.add_argument("--no-plots", action="store_true", help="skip the matplotlib figures (faster)")
+    p.add_argument("--figure-cache", default=None, metavar="DIR",
+                   help="where rendered figures are cached (default: ~/.cache/bnconform/figures)")
     p.set_defaults(func=_report)
     p = sub.add_parser("validate", help="validate catalogue files")
     p.add_argument("paths", nargs="*", help="files or directories (default: cases/)")

@@ -97,3 +97,20 @@ def test_bfloat16_rounding_keeps_8_significant_bits():
     assert v[0] == 1.0  # tie to even
     assert v[1] == 1.0 + 2**-7
     assert np.isnan(v[2]) and v[3] == 3.0
+
+
+def test_dataset_inputs_are_real_rows_and_shapes_are_checked(tmp_path):
+    import numpy as np
+    from sklearn.datasets import load_iris
+
+    body = "theme: t\ncases:" + GOOD_CASE.replace(
+        "layer: {num_features: 3}", "layer: {num_features: 4}").replace(
+        "input: {shape: [2, 3, 4]}", "input: {shape: [30, 4], distribution: {kind: dataset, dataset: iris}}")
+    (case,) = load_file(write(tmp_path, body), tmp_path)
+    batch = generate(case).batches[0].astype(np.float64)
+    iris = load_iris().data
+    # Every row of the batch is a row of iris (float32-rounded).
+    assert all(np.any(np.all(np.isclose(iris, row, atol=1e-6), axis=1)) for row in batch)
+    bad = body.replace("[30, 4]", "[30, 4, 1]").replace("num_features: 4", "num_features: 4")
+    err = error_of(tmp_path, bad)
+    assert "dataset iris" in str(err) and err.case_id == "ok"
