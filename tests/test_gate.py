@@ -1,0 +1,107 @@
+"""The upgrade gate on real engine records (NumPy adapters standing in for framework versions)."""
+
+from pathlib import Path
+
+import pytest
+
+from bnconform import gate
+from bnconform.catalogue import load_catalogue
+from bnconform.engine import run_cell
+from bnconform.results import ResultsWriter
+
+from .numpy_bn import MutantBiasedRunningVar, NumpyBatchNorm
+from .test_engine import QuirkyBiased
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = [c for c in load_catalogue([ROOT / "cases" / "training.yaml"], ROOT).cases][:6]
+
+
+def shard(tmp_path: Path, name: str, adapter, version="1.0", rename=None, framework=None) -> Path:
+    w = ResultsWriter(tmp_path / f"{name}.jsonl")
+    for case in CASES:
+        r = run_cell(case, adapter, version)
+        upd = {}
+        if rename:
+            upd["adapter"] = rename
+        if framework:
+            upd["framework"] = framework
+        w.write(r.model_copy(update=upd))
+    w.close()
+    return tmp_path / f"{name}.jsonl"
+
+
+def run_gate(*args) -> tuple[int, str]:
+    import io
+    from contextlib import redirect_stdout
+
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        code = gate.main(["gate", *map(str, args)])
+    return code, buf.getvalue()
+
+
+def test_same_behaviour_passes(tmp_path):
+    old = shard(tmp_path, "old", NumpyBatchNorm(), "1.0")
+    new = shard(tmp_path, "new", NumpyBatchNorm(), "2.0")
+    code, out = run_gate(new, "--baseline", old, "--require-frameworks", "numpy")
+    assert code == 0, out
+    assert "GATE PASSED" in out and "1.0 -> 2.0" in out
+
+
+def test_new_divergence_fails_and_names_cells_then_passes_with_updated_baseline(tmp_path):
+    # Version 2 "changes" its running variance to biased and documents it as a quirk.
+    old = shard(tmp_path, "old", NumpyBatchNorm(), "1.0", rename="bn")
+    new = shard(tmp_path, "new", QuirkyBiased(), "2.0", rename="bn")
+    code, out = run_gate(new, "--baseline", old)
+    assert code == 1
+    assert "behaviour changed: train-1step-m0.1 on bn: conforms -> quirk" in out
+    assert "[] -> [biased-running-var]" in out
+    code, out = run_gate(new, "--baseline", new)  # the baseline updated to the new behaviour
+    assert code == 0, out
+
+
+def test_undocumented_change_fails_without_baseline_too(tmp_path):
+    new = shard(tmp_path, "new", MutantBiasedRunningVar())
+    code, out = run_gate(new)
+    assert code == 1 and "fails: train-1step-m0.1 on mutant: biased running_var" in out
+
+
+def test_required_framework_missing_or_fully_unsupported_fails(tmp_path):
+    new = shard(tmp_path, "new", NumpyBatchNorm())
+    code, out = run_gate(new, "--require-frameworks", "numpy,tensorflow")
+    assert code == 1 and "required framework 'tensorflow' produced no results" in out
+
+    class Nothing(NumpyBatchNorm):
+        name = "supports nothing"
+
+        def capabilities(self, case):
+            return "no"
+
+    code, out = run_gate(shard(tmp_path, "none", Nothing()), "--require-frameworks", "numpy")
+    assert code == 1 and "every one of its 6 cells is unsupported" in out
+
+
+def test_removed_cells_and_corrupt_results_fail(tmp_path):
+    old = shard(tmp_path, "old", NumpyBatchNorm())
+    new = tmp_path / "new.jsonl"
+    new.write_text("\n".join(old.read_text().splitlines()[:-1]) + "\n{truncated")
+    code, out = run_gate(new, "--baseline", old)
+    assert code == 1
+    assert "case removed since the baseline" in out and "unreadable result line" in out
+
+
+def test_map_adapter_compares_across_apis(tmp_path):
+    old = shard(tmp_path, "old", NumpyBatchNorm(), rename="tf_keras.BatchNormalization(fused=True)")
+    new = shard(tmp_path, "new", QuirkyBiased(), rename="keras.layers.BatchNormalization")
+    code, out = run_gate(new, "--baseline", old, "--map-adapter",
+                         "tf_keras.BatchNormalization(fused=True)", "keras.layers.BatchNormalization")
+    assert code == 1 and "on keras.layers.BatchNormalization: conforms -> quirk" in out
+    with pytest.raises(SystemExit):
+        gate.main(["gate"])
+
+
+def test_empty_results_never_pass(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    code, out = run_gate(empty)
+    assert code == 1 and "nothing was tested" in out
