@@ -62,3 +62,17 @@ def test_builtin_adapters_resolve_and_cite_sources():
         assert cls.__doc__ or importlib.import_module(module).__doc__
         for d in cls.divergences:
             assert d.source.strip(), f"{name}: divergence {d.id} has no source"
+
+
+def test_github_workflow_is_valid_and_names_real_tox_envs():
+    import yaml
+
+    wf = yaml.safe_load((ROOT / ".github" / "workflows" / "bnconform.yml").read_text())
+    envs = {s.split(":", 1)[1] for s in tox().sections() if s.startswith("testenv:")}
+    matrix = wf["jobs"]["shard"]["strategy"]["matrix"]["env"]
+    assert set(matrix) <= envs, set(matrix) - envs
+    conformance = {s.split(":", 1)[1] for s in tox().sections()
+                   if s.startswith("testenv:") and "pytest cases" in tox()[s].get("commands", "")}
+    assert conformance <= set(matrix), f"conformance envs missing from the CI matrix: {conformance - set(matrix)}"
+    steps = " ".join(str(s.get("run", "")) for s in wf["jobs"]["report-and-gate"]["steps"])
+    assert "bnconform report" in steps and "bnconform gate" in steps
