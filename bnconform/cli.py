@@ -1,4 +1,4 @@
-"""Command line: ``bnconform report | validate | cases``.
+"""Command line: ``bnconform report | gate | validate | cases`` (gate: see :mod:`bnconform.gate`).
 
 ``bnconform report PATH... --out reports/parity.html [--summary S.json] [--baseline OLD...]``
     merge result shards (files or directories of ``*.jsonl``) into one report;
@@ -14,9 +14,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 
 from .catalogue import load_catalogue
+from .gate import add_parser as add_gate_parser
 from .report import write_report
 
 
@@ -27,10 +29,13 @@ def _report(args) -> int:
     except FileNotFoundError as exc:
         print(f"bnconform report: {exc}", file=sys.stderr)
         return 2
+    if not args.no_plots and importlib.util.find_spec("matplotlib") is None:
+        print("bnconform report: matplotlib is not installed: the report has no plots", file=sys.stderr)
     for bad in merged.bad_lines:
         print(f"bnconform report: skipped {bad}", file=sys.stderr)
     for a, b in merged.conflicts:
-        print(f"bnconform report: CONFLICT {a.case_id} on {a.adapter}: {a.verdict} ({a.env}) vs {b.verdict} ({b.env})",
+        print(f"bnconform report: CONFLICT {a.case_id} on {a.adapter}: {a.verdict} ({a.env}, {a.platform}) "
+              f"vs {b.verdict} ({b.env}, {b.platform})",
               file=sys.stderr)
     counts = ", ".join(f"{v} {n}" for v, n in sorted(merged.counts().items()))
     if base_diff is not None:
@@ -77,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("cases", help="list the catalogue")
     p.add_argument("paths", nargs="*", help="files or directories (default: cases/)")
     p.set_defaults(func=_cases)
+    add_gate_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

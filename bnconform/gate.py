@@ -20,7 +20,6 @@ for the Keras 2 -> 3 migration view.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass, field
@@ -129,8 +128,3 @@ def run(args) -> int:
     return 0 if result.passed else 1
 
 
-def main(argv: list[str] | None = None) -> int:  # pragma: no cover - thin wrapper
-    parser = argparse.ArgumentParser(prog="bnconform")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from bnconform import gate
+from bnconform import cli
 from bnconform.catalogue import load_catalogue
 from bnconform.engine import run_cell
 from bnconform.results import ResultsWriter
@@ -36,7 +36,7 @@ def run_gate(*args) -> tuple[int, str]:
 
     buf = io.StringIO()
     with redirect_stdout(buf):
-        code = gate.main(["gate", *map(str, args)])
+        code = cli.main(["gate", *map(str, args)])
     return code, buf.getvalue()
 
 
@@ -97,7 +97,7 @@ def test_map_adapter_compares_across_apis(tmp_path):
                          "tf_keras.BatchNormalization(fused=True)", "keras.layers.BatchNormalization")
     assert code == 1 and "on keras.layers.BatchNormalization: conforms -> quirk" in out
     with pytest.raises(SystemExit):
-        gate.main(["gate"])
+        cli.main(["gate"])
 
 
 def test_empty_results_never_pass(tmp_path):
