@@ -57,12 +57,17 @@ class Profile:
     ``cumulative_average``: ``momentum=None`` means the cumulative moving
         average with factor ``1/num_batches_tracked`` (PyTorch
         ``torch/nn/modules/batchnorm.py``); ``False`` makes such cases undefined.
+    ``train_statistics``: what a ``train``-mode forward normalises with:
+        ``"batch"`` (the paper) or ``"running"`` — the layer behaves as in
+        inference even in training mode and updates nothing (Keras
+        ``trainable=False`` since TF 2.0; an exported inference graph).
     """
 
     name: str = "canonical"
     running_var_correction: Literal["unbiased", "biased"] = "unbiased"
     update_at: Literal["forward", "backward"] = "forward"
     cumulative_average: bool = True
+    train_statistics: Literal["batch", "running"] = "batch"
 
     def with_options(self, name: str, **options) -> "Profile":
         """A copy with ``options`` applied; raises ``TypeError`` for unknown knobs."""
@@ -71,7 +76,8 @@ class Profile:
     def options(self) -> dict:
         """The knobs that differ from the canonical profile."""
         base = CANONICAL
-        return {k: getattr(self, k) for k in ("running_var_correction", "update_at", "cumulative_average")
+        return {k: getattr(self, k)
+                for k in ("running_var_correction", "update_at", "cumulative_average", "train_statistics")
                 if getattr(self, k) != getattr(base, k)}
 
 
@@ -232,7 +238,8 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
             with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 abs_mean = np.abs(x).mean(axis=axes)
-            use_batch = step.mode == "train" or not L.track_running_stats
+            as_train = step.mode == "train" and profile.train_statistics == "batch"
+            use_batch = as_train or not L.track_running_stats
             if use_batch:
                 mean, var = batch_stats(x, axis)  # NaN for an empty batch; the output is empty
                 # Two-pass variance: rounding of (x - mean) costs ~u*|x| per term.
@@ -240,7 +247,7 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
             else:
                 mean, var, mag_var = rm.copy(), rv.copy(), None
             last = _Forward(x, use_batch, mean, var, abs_mean)
-            if step.mode == "train" and L.track_running_stats:
+            if as_train and L.track_running_stats:
                 if profile.update_at == "forward":
                     apply_update(mean, var, abs_mean, mag_var)
                 else:

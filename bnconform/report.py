@@ -20,6 +20,7 @@ through ``<img>`` elements, so nothing in a figure can run script either.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import math
@@ -79,14 +80,28 @@ def divergence_ids(record: ResultRecord) -> frozenset[str]:
     return frozenset(str(d.get("id")) for d in record.divergences)
 
 
+def version_label(adapter: str, version: str) -> str:
+    """Column label of an adapter when several versions of it are merged (tox version factors)."""
+    return f"{adapter} @ {version}"
+
+
 def merge(records: list[ResultRecord], bad_lines: list[BadLine] | None = None) -> Merged:
     """Merge records into one per (case_id, adapter); see module docstring.
 
-    The first record read for a cell wins; a later one is a duplicate when
-    verdict, framework version and divergence set agree, else a conflict.
+    When one adapter comes in several framework versions (e.g. the ``torch``
+    and ``torch214`` envs), each version becomes its own column
+    (:func:`version_label`), so versions sit side by side instead of
+    conflicting. Otherwise the first record read for a cell wins; a later one
+    is a duplicate when verdict, framework version and divergence set agree,
+    else a conflict.
     """
+    versions: dict[str, set[str]] = defaultdict(set)
+    for r in records:
+        versions[r.adapter].add(r.framework_version)
     out = Merged(bad_lines=list(bad_lines or []))
     for r in records:
+        if len(versions[r.adapter]) > 1:
+            r = r.model_copy(update={"adapter": version_label(r.adapter, r.framework_version)})
         first = out.cells.get(r.cell)
         if first is None:
             out.cells[r.cell] = r
@@ -270,10 +285,15 @@ def _num(v, digits: int = 4):
 
 
 def rerun_command(r: ResultRecord) -> str | None:
-    """``tox -e ENV -- "NODEID"`` (shell-quoted differently if the node id needs it)."""
+    """``tox -e ENV -- "NODEID"`` (shell-quoted differently if the node id needs it).
+
+    Records written outside tox (env ``local``) get the plain pytest command instead.
+    """
     if not r.nodeid:
         return None
     node = f'"{r.nodeid}"' if not re.search(r'["$`\\!]', r.nodeid) else shlex.quote(r.nodeid)
+    if r.env == "local":
+        return f"python -m pytest -p no:cacheprovider {node}"
     return f"tox -e {shlex.quote(r.env)} -- {node}"
 
 
@@ -289,8 +309,12 @@ def _common_label(titles: list[str]) -> str:
     for t in titles[1:]:
         while not t.startswith(prefix):
             prefix = prefix[:-1]
-    prefix = re.sub(r"[\s,(:;\u2014-]+\S*$", "", prefix) if prefix and not prefix.endswith((" ", ",", "(")) else prefix
-    prefix = prefix.rstrip(" ,(:;\u2014-")
+    bounds = " ,(:;\u2014-[]"
+    if not all(len(t) == len(prefix) or t[len(prefix)] in bounds for t in titles):
+        prefix = re.sub(r"[^\s,(:;\u2014\-\[\]]*$", "", prefix)  # cut the partial word
+    if prefix.count("(") > prefix.count(")"):  # never end inside a parenthesis
+        prefix = prefix[:prefix.rindex("(")]
+    prefix = prefix.rstrip(bounds)
     return prefix if len(prefix) >= 8 else titles[0]
 
 
@@ -419,11 +443,12 @@ def build_context(merged: Merged, title: str = "bnconform parity report", baseli
         "divergences": divs,
         "cells": cells_data,
         "glyphs": GLYPHS,
-        # base64 of each case's SVG: safe by construction inside the JSON, shown via <img src="data:...">
-        "figs": {str(case_index[c]): base64.b64encode(svg.encode("utf-8")).decode("ascii")
-                 for c, svg in (figures or {}).items() if c in case_index},
         "plots_note": plots_note,
     }
+    # base64 of each case's SVG: safe by construction inside JSON, shown via <img src="data:...">;
+    # a separate block, parsed on the first drill-down only
+    figs = {str(case_index[c]): base64.b64encode(svg.encode("utf-8")).decode("ascii")
+            for c, svg in (figures or {}).items() if c in case_index}
 
     def row(case_id):
         meta = cases[case_id]
@@ -482,6 +507,7 @@ def build_context(merged: Merged, title: str = "bnconform parity report", baseli
         "by_source": by_source,
         "questions": questions,
         "data": data,
+        "figs": figs,
         "duplicates": merged.duplicates,
         "conflicts": merged.conflicts,
         "bad_lines": merged.bad_lines,
@@ -497,6 +523,7 @@ def _figure_input(case_id: str, recs: list[ResultRecord]) -> dict | None:
     traj: dict[str, dict] = {}
     oracle: dict[str, dict] = {}
     ratios: dict[str, dict] = {}
+    alt: dict[str, dict] = {}  # the oracle with an adapter's documented divergences, where it was used
     for r in sorted(recs, key=lambda r: r.adapter):
         canon = r.canonical_comparisons or r.comparisons
         for c in canon:
@@ -507,6 +534,8 @@ def _figure_input(case_id: str, recs: list[ResultRecord]) -> dict | None:
             obs = c.get("observable")
             if obs in TRAJECTORY_OBSERVABLES and isinstance(c.get("actual"), list):
                 traj.setdefault(obs, {}).setdefault(r.adapter, {})[str(c["step"])] = c["actual"]
+            if r.canonical_comparisons and obs in TRAJECTORY_OBSERVABLES and isinstance(c.get("expected"), list):
+                alt.setdefault(obs, {}).setdefault(r.adapter, {})[str(c["step"])] = c["expected"]
             ratio = c.get("ratio")
             if ratio is None and c.get("passed") is False:
                 ratio = math.inf
@@ -516,13 +545,20 @@ def _figure_input(case_id: str, recs: list[ResultRecord]) -> dict | None:
     if not ratios and not traj:
         return None
     ratios = {a: {o: (None if math.isinf(v) else v) for o, v in d.items()} for a, d in ratios.items() if d}
-    return {"case": case_id, "oracle": oracle, "traj": traj, "ratios": ratios, "v": 1}
+    # keep a divergent oracle only where it differs from the canonical one
+    for obs, per in alt.items():
+        for a in list(per):
+            if all(per[a][st] == oracle.get(obs, {}).get(st) for st in per[a]):
+                del per[a]
+    alt = {o: per for o, per in alt.items() if per}
+    return {"case": case_id, "oracle": oracle, "traj": traj, "alt": alt, "ratios": ratios}
 
 
 def _render_figure(inp: dict) -> str:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
     adapters = sorted(set(inp["ratios"]) | {a for t in inp["traj"].values() for a in t})
     cmap = plt.get_cmap("tab10" if len(adapters) <= 10 else "tab20")
@@ -530,9 +566,12 @@ def _render_figure(inp: dict) -> str:
     markers = "osD^v<>phX*"
     traj_obs = [o for o in TRAJECTORY_OBSERVABLES if o in inp["traj"] or o in inp["oracle"]]
     nrows = 2 if traj_obs else 1
+    n_alt = len({a for per in inp["alt"].values() for a in per})
+    ncol = 3
+    legend_rows = -(-(len(adapters) + n_alt + (1 if traj_obs else 0)) // ncol)
     with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": "bnconform", "font.size": 8,
                          "axes.titlesize": 9, "figure.dpi": 72}):
-        fig = plt.figure(figsize=(7.2, 2.6 * nrows))
+        fig = plt.figure(figsize=(7.2, 2.6 * nrows + 0.16 * legend_rows))
         gs = fig.add_gridspec(nrows, max(1, len(traj_obs)))
         for k, obs in enumerate(traj_obs):
             ax = fig.add_subplot(gs[0, k])
@@ -550,6 +589,13 @@ def _render_figure(inp: dict) -> str:
                             label="oracle (canonical)" if ch == 0 else None, zorder=1)
             n = max(1, len(adapters))
             for i, a in enumerate(adapters):
+                t = inp["alt"].get(obs, {}).get(a)
+                for ch in range(shown) if t else ():
+                    pts = [(int(s), float("nan") if v[ch] is None else v[ch])
+                           for s, v in sorted(t.items(), key=lambda kv: int(kv[0])) if ch < len(v)]
+                    ax.plot(*zip(*pts), ls="--", lw=1.0, color=colour[a], zorder=1,
+                            label=f"oracle with {a}'s divergences" if ch == 0 else None)
+            for i, a in enumerate(adapters):
                 t = inp["traj"].get(obs, {}).get(a)
                 if not t:
                     continue
@@ -563,7 +609,8 @@ def _render_figure(inp: dict) -> str:
             more = f" (channels 0–{shown - 1} of {nch})" if nch > shown else ""
             ax.set_title(f"{obs} per step{more}")
             ax.set_xlabel("step")
-            ax.set_xticks(steps)
+            ax.set_xticks(steps if len(steps) <= 12 else steps[:: max(1, len(steps) // 10)])
+            ax.yaxis.set_major_locator(MaxNLocator(5))
             ax.grid(alpha=0.3)
         ax = fig.add_subplot(gs[nrows - 1, :])
         observables = sorted({o for d in inp["ratios"].values() for o in d})
@@ -580,7 +627,7 @@ def _render_figure(inp: dict) -> str:
             bad = [(x, top) for x, v in pts if v is None]
             if ok:
                 ax.plot(*zip(*ok), ls="none", marker=markers[i % len(markers)], ms=4.5, color=colour[a],
-                        label=None if traj_obs else a)
+                        label=a)
             if bad:
                 ax.plot(*zip(*bad), ls="none", marker="X", ms=7, color=colour[a])
         ax.axhline(1.0, color="#b00", lw=1, ls="--")
@@ -588,7 +635,10 @@ def _render_figure(inp: dict) -> str:
                 va="bottom")
         ax.set_yscale("log")
         ax.set_ylim(floor * 0.5, top * 2)
-        ax.set_xticks(range(len(observables)), observables, rotation=20, ha="right")
+        ax.yaxis.set_major_locator(LogLocator(base=100.0, numticks=6))
+        ax.yaxis.set_minor_locator(NullLocator())
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # no mathtext: 3x faster
+        ax.set_xticks(range(len(observables)), observables, rotation=18, ha="right", rotation_mode="anchor")
         ax.set_xlim(-0.6, max(len(observables) - 0.4, 0.6))
         ax.set_ylabel("worst |err| / tol")
         ax.set_title(f"error vs tolerance per observable (worst step; ≤{floor:g} drawn at {floor:g}; "
@@ -601,17 +651,33 @@ def _render_figure(inp: dict) -> str:
                     handles.append(h)
                     labels.append(lab)
         if handles:
-            fig.legend(handles, labels, loc="upper center", ncol=min(3, len(labels)), fontsize=7,
+            fig.legend(handles, labels, loc="upper center", ncol=min(ncol, len(labels)), fontsize=7,
                        bbox_to_anchor=(0.5, 1.0), frameon=False)
-        fig.tight_layout(rect=(0, 0, 1, 1 - 0.045 * (1 + (len(labels) - 1) // 3) / nrows))
+        legend_rows = -(-len(labels) // ncol) if handles else 0
+        height = fig.get_figheight() * 72  # points
+        top = 1 - (legend_rows * 11 + 26) / height
+        fig.subplots_adjust(left=0.1, right=0.985, bottom=46 / height, top=top, hspace=0.62, wspace=0.22)
         import io
         buf = io.StringIO()
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
         plt.close(fig)
     svg = buf.getvalue()
     svg = svg[svg.index("<svg"):]  # drop the XML prolog and doctype
+    svg = re.sub(r"\s*<metadata>.*?</metadata>", "", svg, flags=re.S)
+    svg = re.sub(r"font-family: [^;\"]*", "font-family: 'DejaVu Sans', Arial, sans-serif", svg)
+    svg = re.sub(r"\n\s+", "\n", svg)
+    # 2 decimals are plenty at this size; halves the file. Only geometry attributes, never <text> content.
+    svg = re.sub(r'(\s(?:x|y|d|transform|width|height|style)=")([^"]*)"',
+                 lambda m: m.group(1) + re.sub(r"(\d+\.\d\d)\d+", r"\1", m.group(2)) + '"', svg)
     # Text from results reaches the SVG only XML-escaped; make sure it cannot close the embedding element.
     return re.sub(r"(?i)</script", "&lt;/script", svg)
+
+
+@functools.lru_cache(maxsize=1)
+def _code_version() -> str:
+    """Hash of this module and matplotlib's version: part of every figure's cache key."""
+    import matplotlib
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16] + matplotlib.__version__
 
 
 def default_figure_cache() -> Path:
@@ -629,20 +695,36 @@ def case_figures(merged: Merged, cache_dir: str | Path | None = None) -> dict[st
         by_case[r.case_id].append(r)
     cache = Path(cache_dir) if cache_dir else None
     if cache:
-        cache.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for case_id, recs in by_case.items():
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError:  # read-only home, say: draw without a cache
+            cache = None
+    code = _code_version()
+    out: dict[str, str] = {}
+    todo: list[tuple[str, dict, Path | None]] = []
+    for case_id, recs in sorted(by_case.items()):
         inp = _figure_input(case_id, recs)
         if inp is None:
             continue
-        key = hashlib.sha256(json.dumps(inp, sort_keys=True).encode()).hexdigest()[:24]
+        key = hashlib.sha256((code + json.dumps(inp, sort_keys=True)).encode()).hexdigest()[:24]
         path = cache / f"{key}.svg" if cache else None
         if path and path.exists():
             out[case_id] = path.read_text(encoding="utf-8")
-            continue
-        svg = _render_figure(inp)
+        else:
+            todo.append((case_id, inp, path))
+    workers = min(os.cpu_count() or 1, 8, len(todo) // 8)
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(workers) as pool:
+            svgs = list(pool.map(_render_figure, [inp for _, inp, _ in todo], chunksize=4))
+    else:
+        svgs = [_render_figure(inp) for _, inp, _ in todo]
+    for (case_id, _, path), svg in zip(todo, svgs):
         if path:
-            path.write_text(svg, encoding="utf-8")
+            try:
+                path.write_text(svg, encoding="utf-8")
+            except OSError:
+                pass
         out[case_id] = svg
     return out
 

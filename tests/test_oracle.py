@@ -170,3 +170,13 @@ def test_nan_channel_does_not_leak():
     assert np.isnan(y[:, 1]).all() and np.isfinite(y[:, [0, 2]]).all()
     rm = exp.values[(0, "running_mean")].value
     assert np.isnan(rm[1]) and np.isfinite(rm[[0, 2]]).all()
+
+
+def test_train_statistics_running_makes_train_mode_behave_like_inference():
+    steps = [{"op": "forward", "mode": "train"}, {"op": "forward", "mode": "eval"}]
+    case = make_case(steps, {"init": {"running_mean": 0.5, "running_var": 2.0}})
+    arrays = generate(case)
+    frozen = simulate(case, arrays, CANONICAL.with_options("f", train_statistics="running"))
+    np.testing.assert_array_equal(frozen.values[(0, "output")].value, frozen.values[(1, "output")].value)
+    np.testing.assert_array_equal(frozen.values[(0, "running_mean")].value, np.full(3, 0.5))
+    assert float(frozen.values[(0, "num_batches_tracked")].value) == 0

@@ -1,0 +1,241 @@
+"""Report: merging shards, baseline diff, summary, escaping, figures, CLI.
+
+Fixtures: tests/data/report/{current,baseline}/*.jsonl (hand-written; see make_fixtures.py there).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from bnconform import report
+from bnconform.cli import main
+from bnconform.report import diff, load_and_merge, merge, render, source_groups, summary
+from bnconform.results import ResultRecord
+
+DATA = Path(__file__).parent / "data" / "report"
+CURRENT, BASELINE = DATA / "current", DATA / "baseline"
+XSS_CASE = "<script>window.__pwned=1</script>"
+
+
+def rec(case="c", adapter="a", verdict="conforms", **kw) -> ResultRecord:
+    base = dict(case_id=case, case_file="cases/x.yaml", theme="t", title="T", behaviour="B", adapter=adapter,
+                framework="fw", framework_version="1.0", verdict=verdict)
+    return ResultRecord(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def current():
+    return load_and_merge([CURRENT])
+
+
+@pytest.fixture(scope="module")
+def baseline():
+    return load_and_merge([BASELINE])
+
+
+# ---------------------------------------------------------------- merge
+
+def test_merge_keeps_first_and_reports_duplicates_conflicts_and_bad_lines(current):
+    assert len(current.cells) == 12
+    assert current.counts() == {"conforms": 6, "error": 2, "fails": 1, "quirk": 1, "known_bug": 1, "unsupported": 1}
+    (dup_a, dup_b), = current.duplicates
+    assert dup_a.cell == ("eval-uses-running", "fw_x.BatchNorm") and dup_b.platform == "darwin-arm64"
+    (con_a, con_b), = current.conflicts
+    assert con_a.cell == ("nhwc-train", "fw_x.BatchNorm")
+    assert (con_a.verdict, con_b.verdict) == ("unsupported", "conforms")
+    # the first record read wins the cell; the other is kept in the conflict, not dropped
+    assert current.cells[con_a.cell].verdict == "unsupported"
+    (bad,), = [current.bad_lines]
+    assert bad.file.endswith("fw_x_mac.jsonl") and bad.line == 3 and "truncated" in bad.message
+
+
+def test_merge_conflict_on_version_or_divergence_set_not_only_verdict():
+    a = rec(verdict="quirk", divergences=[{"id": "d1"}])
+    assert merge([a, rec(verdict="quirk", divergences=[{"id": "d1"}])]).duplicates
+    assert merge([a, rec(verdict="quirk", divergences=[{"id": "d2"}])]).conflicts
+    # Two framework versions of one adapter (tox version factors) sit side by side, not in conflict.
+    both = merge([a, rec(verdict="fails", framework_version="1.1")])
+    assert not both.conflicts and set(both.cells) == {("c", "a @ 1.0"), ("c", "a @ 1.1")}
+    m = merge([a, rec(verdict="fails")])
+    assert m.conflicts and m.cells[("c", "a")].verdict == "quirk"
+
+
+def test_merge_of_directories_and_files_is_the_same(current):
+    files = load_and_merge(sorted(CURRENT.glob("*.jsonl")))
+    assert {k: r.verdict for k, r in files.cells.items()} == {k: r.verdict for k, r in current.cells.items()}
+
+
+def test_missing_results_path_raises(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_and_merge([tmp_path / "nope"])
+
+
+# ---------------------------------------------------------------- diff
+
+def test_diff_lists_every_kind_of_change(baseline, current):
+    d = diff(baseline, current)
+    changed = {(c.case_id, c.adapter): c for c in d.changed}
+    assert set(changed) == {("ema-3steps", "fw_y.BN"), ("fp16-train", "fw_x.BatchNorm"),
+                            ("fp16-train", "fw_x.functional")}
+    quirk = changed[("ema-3steps", "fw_y.BN")]
+    assert (quirk.old_verdict, quirk.new_verdict) == ("conforms", "quirk")
+    assert quirk.new_divergences == ("biased-running-var",) and not quirk.regression
+    assert {(c.case_id, c.adapter) for c in d.regressions} == {("fp16-train", "fw_x.BatchNorm"),
+                                                               ("fp16-train", "fw_x.functional")}
+    assert d.new_cases == [XSS_CASE] and d.removed_cases == ["old-removed-case"]
+    assert d.new_adapters == [] and d.removed_adapters == ["fw_z.Old"]
+    # a cell of an existing case and adapter that only one run has
+    assert d.added_cells == [("eval-uses-running", "fw_x.functional", "conforms")]
+    assert d.removed_cells == []
+    assert d.version_changes == [("fw_y.BN", "2.2", "2.3")]
+    # unchanged: same verdict and same divergence set (fp16-train on fw_y stays a known bug)
+    assert ("fp16-train", "fw_y.BN") not in changed
+
+
+def test_diff_divergence_set_change_alone_is_a_change():
+    old = merge([rec(verdict="quirk", divergences=[{"id": "a"}])])
+    new = merge([rec(verdict="quirk", divergences=[{"id": "b"}])])
+    (c,) = diff(old, new).changed
+    assert (c.old_divergences, c.new_divergences) == (("a",), ("b",))
+    assert "divergences [a] -> [b]" in diff(old, new).text()
+
+
+def test_diff_of_identical_runs_is_empty(current):
+    d = diff(current, current)
+    assert d.empty and not d.regressions and d.text() == "no change against the baseline"
+
+
+def test_diff_text_is_readable(baseline, current):
+    text = diff(baseline, current).text()
+    assert "changed cells (3):" in text
+    assert "REGRESSION fp16-train on fw_x.BatchNorm: conforms -> error" in text
+    assert "ema-3steps on fw_y.BN: conforms -> quirk; divergences [] -> [biased-running-var]" in text
+    assert "removed cases (1):\n  old-removed-case" in text
+    assert "removed adapters (1):\n  fw_z.Old" in text
+    assert "new cells (1):\n  eval-uses-running on fw_x.functional: conforms" in text
+    assert str(diff(baseline, current)) == text
+
+
+def test_diff_new_and_removed_adapters_do_not_list_their_cells():
+    old = merge([rec(adapter="a"), rec(case="d", adapter="a")])
+    new = merge([rec(adapter="b"), rec(case="d", adapter="a")])
+    d = diff(old, new)
+    assert d.new_adapters == ["b"] and d.removed_adapters == []
+    assert d.added_cells == [] and d.removed_cells == [("c", "a", "conforms")]
+
+
+# ---------------------------------------------------------------- summary, sources, rerun
+
+def test_summary_json(baseline, current):
+    s = summary(current, diff(baseline, current))
+    json.dumps(s)
+    assert s["cells"] == 12 and s["duplicates"] == 1 and len(s["bad_lines"]) == 1
+    assert {(f["case"], f["verdict"]) for f in s["failing"]} == {("fp16-train", "error"), ("fp16-train", "fails"),
+                                                                 (XSS_CASE, "error")}
+    assert s["conflicts"] == [{"case": "nhwc-train", "adapter": "fw_x.BatchNorm",
+                               "verdicts": ["unsupported", "conforms"], "envs": ["fw_x", "fw_x"]}]
+    assert s["baseline_diff"]["regressions"] == 2 and s["baseline_diff"]["removed_adapters"] == ["fw_z.Old"]
+    assert "baseline_diff" not in summary(current)
+
+
+def test_source_groups_by_seed_file_then_url(current):
+    groups = source_groups(current.records)
+    seed = groups[0]
+    assert seed["file"] == "000_seed.txt" and seed["kind"] == "seed thread"
+    assert seed["label"] == "Forum: BN running variance differs between frameworks [000_seed.txt]"
+    assert seed["cases"] == ["ema-3steps"] and len(seed["titles"]) == 2
+    paper = [g for g in groups if g["url"] == "https://arxiv.org/abs/1502.03167"]
+    assert paper and "eval-uses-running" in paper[0]["cases"]
+    # a javascript: URL never becomes a link
+    assert all(g["url"] is None or g["url"].startswith("https://") for g in groups)
+
+
+def test_rerun_command():
+    assert report.rerun_command(rec(env="torch", nodeid="cases/x.yaml::c[a]")) == 'tox -e torch -- "cases/x.yaml::c[a]"'
+    assert report.rerun_command(rec(env="local", nodeid="cases/x.yaml::c[a]")).startswith("python -m pytest")
+    assert report.rerun_command(rec(env="torch", nodeid='x::"$(rm)"')) == "tox -e torch -- 'x::\"$(rm)\"'"
+    assert report.rerun_command(rec(nodeid=None)) is None
+
+
+# ---------------------------------------------------------------- HTML
+
+@pytest.fixture(scope="module")
+def html(baseline, current):
+    return render(current, baseline_diff=diff(baseline, current), baseline_label="tests/data/report/baseline")
+
+
+def test_html_is_self_contained(html):
+    assert not re.search(r'(?i)<(script|link|img)[^>]+(src|href)\s*=\s*["\']?(https?:)?//', html)
+    assert "@import" not in html and "Content-Security-Policy" in html
+
+
+def test_html_escapes_markup_from_results(html):
+    # exactly three script elements: the JSON data, the figures and the app; none from the data
+    assert len(re.findall(r"(?i)<script", html)) == 3
+    assert "window.__pwned" in html  # the text is there ...
+    for raw in ("<script>window", "<img src=x", "<b>bold?</b>", 'href="javascript:'):
+        assert raw not in html  # ... but only escaped
+    data = re.search(r'<script type="application/json" id="bn-data">(.*?)</script>', html, re.S).group(1)
+    assert "<" not in data  # tojson escapes every '<'
+    parsed = json.loads(data)
+    assert XSS_CASE in [c["id"] for c in parsed["cases"]]
+
+
+def test_html_has_header_matrix_views_and_merge_problems(html, current):
+    for text in ("fw_x 1.0", "fw_y 2.3", "3.11.7", "linux-x86_64", "darwin-arm64", "cpu", "2026-01-02T03:04:05"):
+        assert text in html
+    assert len(re.findall(r'<td class="c v-[a-z_]+[^"]*" data-i="', html)) >= 2 * len(current.cells)
+    for view in ("view-theme", "view-source", "view-question", "view-diff", "view-env", "view-merge"):
+        assert f'id="{view}"' in html
+    assert "Conflicts (1)" in html and "Duplicates (1)" in html and "Unreadable result lines (1)" in html
+    assert "REGRESSION fp16-train on fw_x.BatchNorm" in html
+
+
+def test_cli_report_with_baseline_and_summary(tmp_path, capsys):
+    out, summ = tmp_path / "r" / "parity.html", tmp_path / "r" / "summary.json"
+    rc = main(["report", str(CURRENT), "--out", str(out), "--summary", str(summ), "--baseline", str(BASELINE),
+               "--no-plots"])
+    assert rc == 0 and out.exists()
+    captured = capsys.readouterr()
+    assert "REGRESSION fp16-train on fw_x.BatchNorm" in captured.out
+    assert "CONFLICT nhwc-train on fw_x.BatchNorm" in captured.err and "truncated" in captured.err
+    assert json.loads(summ.read_text())["baseline_diff"]["new_cases"] == [XSS_CASE]
+    assert "plots were switched off" in out.read_text()
+
+
+def test_cli_report_exit_codes(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "x.html"), "--no-plots"]) == 2
+    assert main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "x.html")]) == 2
+
+
+# ---------------------------------------------------------------- figures
+
+def test_figures_are_svg_cached_and_embedded(tmp_path, current, monkeypatch):
+    pytest.importorskip("matplotlib")
+    figs = report.case_figures(current, tmp_path / "cache")
+    assert set(figs) == {"ema-3steps", "fp16-train"}  # only cases with numeric comparisons
+    svg = figs["ema-3steps"]
+    assert svg.startswith("<svg") and "running_var per step" in svg and "tolerance" in svg
+    assert len(list((tmp_path / "cache").glob("*.svg"))) == 2
+
+    def boom(_):
+        raise AssertionError("redrawn although cached")
+    monkeypatch.setattr(report, "_render_figure", boom)
+    assert report.case_figures(current, tmp_path / "cache") == figs
+    html = render(current, figures=figs)
+    figs = json.loads(re.search(r'id="bn-figs">(.*?)</script>', html, re.S).group(1))
+    assert len(figs) == 2
+
+
+def test_figure_text_from_results_cannot_close_the_script_element():
+    pytest.importorskip("matplotlib")
+    m = merge([rec(case="x", adapter="</script><script>alert(1)</script>",
+                   comparisons=[{"step": 0, "op": "forward(train)", "observable": "running_var", "passed": True,
+                                 "ratio": 0.5, "expected": [1.0, 2.0], "actual": [1.0, 2.0]}])])
+    svg = report._render_figure(report._figure_input("x", m.records))
+    assert "</script" not in svg.lower() and "&lt;/script&gt;" in svg

@@ -1,0 +1,176 @@
+"""End to end: the generated report in headless Chromium (selenium + chromedriver).
+
+Builds the report from tests/data/report (with a baseline and plots), checks the matrix, a filter,
+the search box, a drill-down, that markup in results stays text (no script runs), and saves
+reports/screenshot.png. Skips with the reason when Chromium, chromedriver or selenium is absent;
+CI installs them (Debian: ``apt-get install -y chromium chromium-driver``; ``pip install selenium``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from bnconform.report import write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).parent / "data" / "report"
+XSS_CASE = "<script>window.__pwned=1</script>"
+CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
+                 if p and Path(p).exists()), None)
+DRIVER = next((p for p in (shutil.which("chromedriver"), "/usr/bin/chromedriver") if p and Path(p).exists()), None)
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--window-size=1440,900", "--force-device-scale-factor=1")
+
+
+def _skip_reason() -> str | None:
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed (pip install selenium)"
+    if not CHROMIUM:
+        return "Chromium is not installed (apt-get install -y chromium chromium-driver)"
+    if not DRIVER:
+        return "chromedriver is not installed (apt-get install -y chromium-driver)"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=f"browser test: {_skip_reason()}")
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    out = tmp_path_factory.mktemp("report") / "parity.html"
+    write_report([DATA / "current"], out, baseline=[DATA / "baseline"],
+                 figure_cache=tmp_path_factory.mktemp("figcache"))
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in FLAGS:
+        opts.add_argument(flag)
+    opts.add_argument("--user-data-dir=" + tempfile.mkdtemp(prefix="bnconform-chromium-"))
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver.set_page_load_timeout(60)
+    try:
+        driver.get(out.as_uri())
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _visible_cases(driver, table="m-theme"):
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('#' + arguments[0] + ' tr.case'))"
+        ".filter(function (tr) { return !tr.hidden; }).map(function (tr) { return tr.dataset.case; });", table)
+
+
+def _severe_console_errors(driver):
+    return [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+
+
+def test_report_in_chromium(page):
+    from selenium.webdriver.common.by import By
+
+    d = page
+    assert d.title == "bnconform parity report"
+    assert _severe_console_errors(d) == []
+    # matrix: 6 cases (5 + the markup one) x 3 adapters, verdict colours, all shown
+    assert sorted(_visible_cases(d)) == sorted(["ema-3steps", "eval-uses-running", "fp16-train", "nhwc-train",
+                                                XSS_CASE])
+    cells = d.find_elements(By.CSS_SELECTOR, "#m-theme td.c[data-i]")
+    assert len(cells) == 12
+    assert {c.get_attribute("data-v") for c in cells} == {"conforms", "quirk", "known_bug", "fails", "unsupported",
+                                                         "error"}
+    assert d.find_element(By.ID, "f-status").text == "showing 5 of 5 cases"
+    header = d.find_element(By.TAG_NAME, "header").text
+    assert "fw_x 1.0" in header and "fw_y 2.3" in header and "3.11.7" in header and "2 newly failing" in header
+
+    # markup in a case id, title, source and error message is text: no script ran, no element was made
+    assert d.execute_script("return window.__pwned === undefined")
+    ids = [th.text for th in d.find_elements(By.CSS_SELECTOR, "#m-theme tr.case th.case")]
+    assert XSS_CASE + " new" in ids, ids  # a new case against the baseline
+    assert d.execute_script("return document.querySelector('img[src=\"x\"]') === null && !Array.from("
+                            "document.querySelectorAll('b')).some(function (b) { return b.textContent === 'bold?'; })")
+
+    # filter: only what is not fine -> rows with only conforms/unsupported cells disappear
+    for v in ("conforms", "unsupported"):
+        d.find_element(By.CSS_SELECTOR, f'.f-verdict[value="{v}"]').click()
+    assert sorted(_visible_cases(d)) == sorted(["ema-3steps", "fp16-train", XSS_CASE])
+    assert d.find_element(By.ID, "f-status").text == "showing 3 of 5 cases"
+    dimmed = d.find_elements(By.CSS_SELECTOR, "#m-theme tr.case:not([hidden]) td.c.dim")
+    assert dimmed and all(c.get_attribute("data-v") in ("conforms", "unsupported") for c in dimmed)
+    # framework filter hides the other framework's columns
+    from selenium.webdriver.support.ui import Select
+    Select(d.find_element(By.ID, "f-framework")).select_by_value("fw_y")
+    assert sorted(_visible_cases(d)) == sorted(["ema-3steps", "fp16-train", XSS_CASE])
+    assert all(not c.is_displayed() for c in d.find_elements(By.CSS_SELECTOR, '#m-theme td.c[data-fw="fw_x"]'))
+    d.find_element(By.ID, "f-reset").click()
+    # search by case id
+    box = d.find_element(By.ID, "f-search")
+    box.send_keys("ema")
+    assert _visible_cases(d) == ["ema-3steps"]
+    box.clear()
+    box.send_keys("\b")
+    d.find_element(By.ID, "f-reset").click()
+    assert d.find_element(By.ID, "f-status").text == "showing 5 of 5 cases"
+    # only what changed against the baseline (changed verdicts, a new cell, a new case)
+    d.find_element(By.ID, "f-changed").click()
+    assert sorted(_visible_cases(d)) == sorted(["ema-3steps", "eval-uses-running", "fp16-train", XSS_CASE])
+    # tag filter
+    Select(d.find_element(By.ID, "f-tag")).select_by_value("layout")
+    assert _visible_cases(d) == []
+    d.find_element(By.ID, "f-changed").click()
+    assert _visible_cases(d) == ["nhwc-train"]
+    d.find_element(By.ID, "f-reset").click()
+
+    # drill-down: the error cell of the markup case shows the message as text
+    d.find_element(By.CSS_SELECTOR, '#m-theme tr.case td.c[data-v="error"][data-fw="fw_y"]').click()
+    drill = d.find_element(By.ID, "drill")
+    assert drill.is_displayed()
+    assert XSS_CASE in d.find_element(By.CSS_SELECTOR, "#drill h2").text
+    assert "</script><script>window.__pwned=5</script>" in d.find_element(By.CSS_SELECTOR, "#drill pre.reason").text
+    assert d.find_elements(By.CSS_SELECTOR, "#drill a[href^='javascript']") == []
+    assert d.execute_script("return window.__pwned === undefined")
+
+    # drill-down of a quirk cell: errors vs tolerance, the divergence and its source, plot, rerun command
+    d.find_element(By.CSS_SELECTOR, '#m-theme tr.case[data-case="ema-3steps"] td.c[data-v="quirk"]').click()
+    text = drill.text
+    assert "ema-3steps" in text and "quirk" in text and "fw_y.BN" in text
+    assert "Baseline: conforms" in text
+    assert "quirk biased-running-var" in text and "running_var_correction=\"biased\"" in text
+    assert "https://example.org/fw_y/batchnorm.py" in text
+    assert "headroom" in text and "running_var" in text and "2 forward(train)" in text
+    assert 'tox -e fw_y -- "cases/training.yaml::ema-3steps[fw_y.BN]"' in text
+    assert "000_seed.txt" in text
+    if importlib.util.find_spec("matplotlib"):
+        fig = d.find_element(By.CSS_SELECTOR, "#drill img.fig")
+        assert d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", fig) > 100
+    else:
+        assert "plots unavailable" in text
+    assert _severe_console_errors(d) == []
+
+    # the other views render
+    d.find_element(By.CSS_SELECTOR, '#tabs button[data-view="question"]').click()
+    q = d.find_element(By.ID, "q-table").text
+    assert "Forum: BN running variance differs between frameworks [000_seed.txt]" in q
+    d.find_element(By.CSS_SELECTOR, '#tabs button[data-view="diff"]').click()
+    assert "Changed cells (3)" in d.find_element(By.ID, "view-diff").text
+    d.find_element(By.CSS_SELECTOR, '#tabs button[data-view="theme"]').click()
+
+    # screenshot for humans: the matrix with the quirk cell's drill-down open
+    d.find_element(By.CSS_SELECTOR, '#m-theme tr.case[data-case="ema-3steps"] td.c[data-v="quirk"]').click()
+    d.execute_script("window.scrollTo(0, 0); var h = Array.from(document.querySelectorAll('#drill h3'))"
+                     ".filter(function (h) { return /^Documented/.test(h.textContent); })[0];"
+                     "document.getElementById('drill').scrollTop = h.offsetTop - 8;")
+    shot = ROOT / "reports" / "screenshot.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    assert d.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
