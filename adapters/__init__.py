@@ -18,4 +18,12 @@ BUILTIN: dict[str, tuple[str, str]] = {
     "torch.compile(nn.BatchNormNd)": ("adapters.torch_compile:CompiledModule", "torch.compile"),
     "torch.compile(nn.BatchNormNd, fullgraph=True)": ("adapters.torch_compile:CompiledModuleFullGraph", "torch.compile"),
     "torch.compile(F.batch_norm)": ("adapters.torch_compile:CompiledFunctional", "torch.compile"),
+    "torch.onnx.export(dynamo=False) -> onnxruntime": ("adapters.torch_onnx:TorchScriptExport", "torch.onnx"),
+    "torch.onnx.export(dynamo=True) -> onnxruntime": ("adapters.torch_onnx:DynamoExport", "torch.onnx"),
+    "flax.linen.BatchNorm": ("adapters.flax_linen:FlaxLinenBatchNorm", "flax"),
+    "flax.linen.BatchNorm[use_fast_variance=False]": ("adapters.flax_linen:FlaxLinenBatchNormStableVariance", "flax"),
+    "onnxruntime BatchNormalization": ("adapters.onnxruntime_bn:OnnxRuntimeBatchNorm", "onnxruntime"),
+    "onnx.reference BatchNormalization": ("adapters.onnxruntime_bn:OnnxReferenceBatchNorm", "onnx"),
+    "paddle.nn.BatchNorm1D/2D/3D": ("adapters.paddle_bn:PaddleBatchNorm", "paddle"),
+    "caffe BatchNorm+Scale (OpenCV dnn deploy)": ("adapters.caffe_opencv:CaffeDeployOpenCV", "cv2"),
 }

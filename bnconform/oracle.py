@@ -57,6 +57,13 @@ class Profile:
     ``cumulative_average``: ``momentum=None`` means the cumulative moving
         average with factor ``1/num_batches_tracked`` (PyTorch
         ``torch/nn/modules/batchnorm.py``); ``False`` makes such cases undefined.
+    ``eps_dtype``: precision in which ``eps`` reaches the kernel:
+        ``"float64"`` (as given) or ``"float32"`` (ONNX's ``epsilon`` is a
+        32-bit FLOAT attribute, ``onnx/defs/nn/defs.cc``; visible in float64 cases).
+    ``momentum_dtype``: how the momentum is stored: ``"float64"`` (as given),
+        ``"float32"`` (the new-batch weight m rounded to float32) or
+        ``"float32_decay"`` (the DECAY 1 - m stored as float32, as ONNX and
+        Paddle do: the effective weight is ``1 - fl32(1 - m)``).
     ``train_statistics``: what a ``train``-mode forward normalises with:
         ``"batch"`` (the paper) or ``"running"`` — the layer behaves as in
         inference even in training mode and updates nothing (Keras
@@ -68,6 +75,8 @@ class Profile:
     update_at: Literal["forward", "backward"] = "forward"
     cumulative_average: bool = True
     train_statistics: Literal["batch", "running"] = "batch"
+    eps_dtype: Literal["float64", "float32"] = "float64"
+    momentum_dtype: Literal["float64", "float32", "float32_decay"] = "float64"
 
     def with_options(self, name: str, **options) -> "Profile":
         """A copy with ``options`` applied; raises ``TypeError`` for unknown knobs."""
@@ -77,7 +86,8 @@ class Profile:
         """The knobs that differ from the canonical profile."""
         base = CANONICAL
         return {k: getattr(self, k)
-                for k in ("running_var_correction", "update_at", "cumulative_average", "train_statistics")
+                for k in ("running_var_correction", "update_at", "cumulative_average", "train_statistics",
+                          "eps_dtype", "momentum_dtype")
                 if getattr(self, k) != getattr(base, k)}
 
 
@@ -202,6 +212,13 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
     float64. Raises :class:`OracleUndefined` where the semantics are undefined.
     """
     L, axis = case.layer, case.input.axis
+    as32 = lambda v: None if v is None else float(np.float32(v))  # noqa: E731
+    if profile.eps_dtype == "float32":
+        L = L.model_copy(update={"eps": as32(L.eps)})
+    if profile.momentum_dtype == "float32":
+        L = L.model_copy(update={"momentum": as32(L.momentum)})
+    elif profile.momentum_dtype == "float32_decay" and L.momentum is not None:
+        L = L.model_copy(update={"momentum": 1.0 - as32(1.0 - L.momentum)})
     ndim, m = len(case.input.shape), case.input.reduction_size
     f64 = lambda a: np.asarray(a, dtype=np.float64).copy()  # noqa: E731
     rm, rv = f64(arrays.init["running_mean"]), f64(arrays.init["running_var"])

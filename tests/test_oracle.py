@@ -180,3 +180,17 @@ def test_train_statistics_running_makes_train_mode_behave_like_inference():
     np.testing.assert_array_equal(frozen.values[(0, "output")].value, frozen.values[(1, "output")].value)
     np.testing.assert_array_equal(frozen.values[(0, "running_mean")].value, np.full(3, 0.5))
     assert float(frozen.values[(0, "num_batches_tracked")].value) == 0
+
+
+def test_float32_attributes_round_eps_and_momentum():
+    case = make_case([{"op": "forward", "mode": "train"}], {"eps": 1e-5, "momentum": 0.1})
+    arrays = generate(case)
+    a32 = simulate(case, arrays, CANONICAL.with_options("a", eps_dtype="float32", momentum_dtype="float32"))
+    canon = simulate(case, arrays)
+    x = arrays.batches[0]
+    mean, var = oracle.batch_stats(x, 1)
+    eps32, m32 = float(np.float32(1e-5)), float(np.float32(0.1))
+    np.testing.assert_allclose(a32.values[(0, "output")].value,
+                               oracle.normalize(x, mean, var, eps32, np.ones(3), np.zeros(3), 1), rtol=1e-15)
+    np.testing.assert_allclose(a32.values[(0, "running_mean")].value, m32 * mean, rtol=1e-15)
+    assert not np.array_equal(a32.values[(0, "running_mean")].value, canon.values[(0, "running_mean")].value)

@@ -1,0 +1,213 @@
+"""Adapters for ``flax.linen.BatchNorm`` (``flax/linen/normalization.py``) on JAX (CPU).
+
+Semantics relied on (flax 0.12.8, jax 0.10.2), read in ``flax/linen/normalization.py``:
+
+* ``momentum`` is the DECAY: ``ra = momentum * ra + (1 - momentum) * batch``
+  (``BatchNorm.__call__``), so the catalogue's new-batch weight ``m`` becomes
+  ``momentum = 1 - m``; there is no cumulative average.
+* The running variance is updated with the batch variance used for
+  normalisation, the BIASED one (``_compute_stats``: ``E[x^2] - E[x]^2``
+  clamped at 0 when ``use_fast_variance=True`` — the default — else
+  ``E[(x - E[x])^2]``); statistics are computed in at least float32
+  (``force_float32_reductions=True``).
+* Running statistics live in the ``batch_stats`` collection and change only
+  when it is ``mutable`` and ``use_running_average=False``; ``axis`` names the
+  feature (channel) axis; ``use_scale``/``use_bias`` switch gamma/beta off.
+* ``_normalize``: ``y = (x - mean) * (rsqrt(var + eps) * scale) + bias``,
+  returned in ``dtype`` (the computation dtype; the input dtype is passed for
+  float16/bfloat16 inputs, float32 parameters: Flax's mixed-precision idiom).
+
+Idioms translated: ``train`` -> ``apply(..., use_running_average=False,
+mutable=["batch_stats"])`` and the returned ``batch_stats`` kept; ``eval`` and
+``train_global_stats`` -> ``use_running_average=True`` (Flax has no separate
+"global stats in training" switch: gradients flow through the same call);
+``track_running_stats: false`` -> ``use_running_average=False`` in every mode
+with the ``batch_stats`` update discarded. Gradients: ``jax.vjp`` of the
+apply function w.r.t. ``params`` (``scale`` = gamma, ``bias`` = beta) and the
+input. ``sgd_step`` -> ``optax.sgd(lr)``; ``layer.frozen`` ->
+``optax.multi_transform`` with ``optax.set_to_zero()`` for the frozen leaves
+(the optax idiom for freezing parameters).
+
+float64 cases need JAX's x64 mode: the adapter enables
+``jax_enable_x64`` before any array is built (for every case, so results do
+not depend on the order cases run in; float32 arrays stay float32).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bnconform.adapter import Adapter, Divergence
+from bnconform.catalogue import OBSERVABLES, Backward, Case, Forward, SgdStep
+
+_PARAM = {"weight": "scale", "bias": "bias"}
+
+BIASED_RUNNING_VAR = Divergence(
+    id="flax-biased-running-var",
+    kind="quirk",
+    summary="the running variance is updated with the biased (population) batch variance, not m/(m-1) times it",
+    source=("flax/linen/normalization.py, BatchNorm.__call__: ra_var = momentum * ra_var + (1 - momentum) * var "
+            "with var from _compute_stats (mean of squares minus squared mean, or mean of squared deviations: "
+            "divisor N)"),
+    options={"running_var_correction": "biased"},
+)
+
+_FINDING = "findings/flax_batchnorm_precision.py"
+
+#: Cancellation threshold of the one-pass variance: max over channels and
+#: train batches of mean^2 / var (the variance's condition number minus 1,
+#: Higham 2002 sec. 1.9). Measured on the catalogue: every case <= 22.9 passes,
+#: every case >= 30.3 fails (float32); 25 lies in the gap.
+_KAPPA_FAST_VARIANCE = 25.0
+
+
+def _batch_kappa(case: Case) -> float:
+    """max mean^2/var over channels of the batches normalised with batch statistics."""
+    import warnings
+
+    from bnconform.arrays import generate
+    from bnconform.oracle import reduce_axes
+
+    arrays, kappa = generate(case), 0.0
+    for s in case.steps:
+        if isinstance(s, Forward) and (s.mode == "train" or not case.layer.track_running_stats):
+            x = np.asarray(arrays.batches[s.batch], np.float64)
+            if x.size == 0:
+                continue
+            axes = reduce_axes(x.ndim, case.input.axis)
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                m, v = x.mean(axis=axes), x.var(axis=axes)
+                k = np.where(v > 0, m * m / np.where(v > 0, v, 1.0), 0.0)
+            if np.isfinite(k).any():
+                kappa = max(kappa, float(np.nanmax(k)))
+    return kappa
+
+
+FAST_VARIANCE = Divergence(
+    id="flax-fast-variance-cancellation",
+    kind="known_bug",
+    summary=("default use_fast_variance=True computes the batch variance as E[x^2] - E[x]^2 in float32: "
+             "catastrophic cancellation when |mean| >> std (expected where max mean^2/var of a batch-statistics "
+             "batch exceeds 25, float32/half inputs); use_fast_variance=False is accurate"),
+    source=("flax/linen/normalization.py _compute_stats (use_fast_variance: 'a faster, but less numerically "
+            "stable, calculation'); same formula replaced by two-pass in jax.nn.standardize"),
+    issue="https://github.com/jax-ml/jax/pull/37358",
+    finding=_FINDING,
+    observables=("output", "running_var", "grad_input", "grad_weight", "weight", "bias"),
+    when=lambda case: case.input.dtype != "float64" and _batch_kappa(case) > _KAPPA_FAST_VARIANCE,
+)
+
+EMPTY_BATCH_NAN = Divergence(
+    id="flax-empty-batch-nan-running-stats",
+    kind="known_bug",
+    summary=("a training call on an empty batch (N=0) averages the undefined (0/0) batch statistics into "
+             "batch_stats: running mean/var become NaN instead of staying unchanged"),
+    source="flax/linen/normalization.py BatchNorm.__call__ (ra = momentum * ra + (1 - momentum) * mean, no guard)",
+    finding=_FINDING,
+    observables=("running_mean", "running_var"),
+    when=lambda case: case.input.reduction_size == 0 and case.layer.track_running_stats
+    and any(isinstance(s, Forward) and s.mode == "train" for s in case.steps),
+)
+
+BF16_BACKWARD = Divergence(
+    id="flax-bf16-backward-precision",
+    kind="known_bug",
+    summary=("bfloat16 input (dtype=bfloat16, float32 params): jax.vjp's grad_input errs by several bfloat16 "
+             "half-ulps (the cotangents of the input's two float32 upcasts, in x - mean and in _compute_stats, "
+             "are each rounded to bfloat16 and summed there); expected on bfloat16 cases with a backward"),
+    source=("flax/linen/normalization.py _compute_stats (x.astype(float32)) and _normalize (x - mean); "
+            "jax convert_element_type transpose rounds each cotangent to the input dtype"),
+    finding=_FINDING,
+    observables=("grad_input",),
+    when=lambda case: case.input.dtype == "bfloat16" and any(isinstance(s, Backward) for s in case.steps),
+)
+
+
+class FlaxLinenBatchNorm(Adapter):
+    name = "flax.linen.BatchNorm"
+    framework = "flax"
+    observables = frozenset(OBSERVABLES) - {"num_batches_tracked"}
+    divergences = (BIASED_RUNNING_VAR, FAST_VARIANCE, EMPTY_BATCH_NAN, BF16_BACKWARD)
+    use_fast_variance = True
+
+    def capabilities(self, case: Case) -> str | None:
+        trains = any(isinstance(s, Forward) and s.mode == "train" for s in case.steps)
+        if case.layer.momentum is None and case.layer.track_running_stats and trains:
+            return ("flax.linen.BatchNorm takes a fixed float momentum (decay): no cumulative average "
+                    "(momentum=None)")
+        return None
+
+    def module(self, case: Case, arrays):
+        import jax.numpy as jnp
+        import flax.linen as nn
+
+        L = case.layer
+        half = case.input.dtype in ("float16", "bfloat16")
+        return nn.BatchNorm(
+            axis=case.input.axis, momentum=1.0 - (L.momentum if L.momentum is not None else 0.1),
+            epsilon=L.eps, use_scale=L.affine, use_bias=L.affine, use_fast_variance=self.use_fast_variance,
+            dtype=getattr(jnp, case.input.dtype) if half else None, param_dtype=getattr(jnp, arrays.param_dtype))
+
+    @staticmethod
+    def numpy(a) -> np.ndarray:
+        a = np.asarray(a)
+        if a.dtype.name == "bfloat16":
+            a = a.astype(np.float32)
+        return a.copy()
+
+    def run(self, case, arrays):
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        import jax.numpy as jnp
+        import optax
+
+        L, dt, pdt = case.layer, case.input.dtype, arrays.param_dtype
+        bn = self.module(case, arrays)
+        params = {_PARAM[n]: jnp.asarray(arrays.init[n], dtype=pdt) for n in ("weight", "bias")} if L.affine else {}
+        stats = {"mean": jnp.asarray(arrays.init["running_mean"], dtype=pdt),
+                 "var": jnp.asarray(arrays.init["running_var"], dtype=pdt)}
+        labels = {_PARAM[n]: ("frozen" if self.frozen(case, n) else "train") for n in ("weight", "bias")} \
+            if L.affine else {}
+        obs, vjp_fn, grads = {}, None, None
+        for i, step in enumerate(case.steps):
+            if isinstance(step, Forward):
+                use_ra = step.mode != "train" and L.track_running_stats
+
+                def f(p, x, stats=stats, use_ra=use_ra):
+                    y, upd = bn.apply({"params": p, "batch_stats": stats}, x,
+                                      use_running_average=use_ra, mutable=["batch_stats"])
+                    return y, upd["batch_stats"]
+
+                x = jnp.asarray(arrays.batches[step.batch], dtype=dt)
+                y, vjp_fn, new_stats = jax.vjp(f, params, x, has_aux=True)
+                if step.mode == "train" and L.track_running_stats:
+                    stats = new_stats
+                obs[(i, "output")] = self.numpy(y)
+            elif isinstance(step, Backward):
+                g = jnp.asarray(arrays.grad_outputs[i], dtype=dt)
+                grads, gx = vjp_fn(g)
+                obs[(i, "grad_input")] = self.numpy(gx)
+                for n in ("weight", "bias"):
+                    if L.affine and not self.frozen(case, n):
+                        obs[(i, f"grad_{n}")] = self.numpy(grads[_PARAM[n]])
+            elif isinstance(step, SgdStep) and L.affine:
+                tx = optax.multi_transform({"train": optax.sgd(step.lr), "frozen": optax.set_to_zero()}, labels)
+                updates, _ = tx.update(grads, tx.init(params), params)
+                params = optax.apply_updates(params, updates)
+            if L.track_running_stats:
+                obs[(i, "running_mean")] = self.numpy(stats["mean"])
+                obs[(i, "running_var")] = self.numpy(stats["var"])
+            if L.affine:
+                obs[(i, "weight")] = self.numpy(params["scale"])
+                obs[(i, "bias")] = self.numpy(params["bias"])
+        return obs
+
+
+class FlaxLinenBatchNormStableVariance(FlaxLinenBatchNorm):
+    """``use_fast_variance=False``: the two-pass ``E[(x - E[x])^2]`` variance."""
+
+    name = "flax.linen.BatchNorm[use_fast_variance=False]"
+    use_fast_variance = False
+    divergences = (BIASED_RUNNING_VAR, EMPTY_BATCH_NAN, BF16_BACKWARD)

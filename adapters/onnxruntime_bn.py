@@ -1,0 +1,240 @@
+"""Adapters for the ONNX ``BatchNormalization`` operator, opset 15, run by
+ONNX Runtime (``onnxruntime``) and by the ONNX reference evaluator
+(``onnx.reference.ReferenceEvaluator``, a NumPy cross-check of the spec).
+
+Semantics relied on (onnx 1.23.2, onnxruntime 1.32.0), from the operator
+schema (``onnx/defs/nn/defs.cc``, BatchNormalization-15; printed by
+``onnx.defs.get_schema("BatchNormalization", 15).doc``):
+
+* inputs ``X`` (N x C x D1 ... Dn: the channel is dim 1), ``scale``, ``B``,
+  ``input_mean``, ``input_var``; attributes ``epsilon`` (default 1e-5),
+  ``momentum`` (default 0.9) and ``training_mode`` (default 0); ``epsilon`` and
+  ``momentum`` are FLOAT attributes (stored as float32).
+* ``training_mode=1``: ``Y`` uses the batch mean and the POPULATION (biased)
+  variance ``ReduceVar = sum((x - mean)^2) / N`` and the op returns
+  ``running_mean = input_mean * momentum + current_mean * (1 - momentum)``, the
+  same for ``running_var`` with the biased ``current_var``: ``momentum`` is the
+  DECAY, i.e. ``1 - m`` for the catalogue's new-batch weight ``m``; the running
+  variance is biased (paper Alg. 2 uses the unbiased one).
+* ``training_mode=0``: ``Y = (X - input_mean) / sqrt(input_var + epsilon) *
+  scale + B``.
+* The reference implementation (``onnx/reference/ops/op_batch_normalization.py``,
+  ``_batchnorm_training_mode``) uses ``x.var`` (ddof=0) likewise.
+
+Idioms translated: the layer state (running statistics, gamma, beta) is what a
+deployed ONNX model carries as tensors; here they are graph inputs fed at each
+run, and the running statistics a ``training_mode=1`` run returns become the
+state for the next step (what an ONNX training loop does). ``eval`` and a
+forward-only ``train_global_stats`` -> ``training_mode=0``;
+``track_running_stats: false`` -> ``training_mode=1`` in every mode with the
+running outputs discarded; ``affine: false`` -> ``scale = 1``, ``B = 0``
+(what ``torch.onnx`` exports).
+
+The op is forward-only: no gradient or optimizer exists in ONNX Runtime's
+inference package (training lives in the separate onnxruntime-training /
+ORTModule), so cases with ``backward``/``sgd_step`` are unsupported.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bnconform.adapter import Adapter, Divergence
+from bnconform.catalogue import Backward, Case, Forward, SgdStep
+
+OPSET = 15
+_ONNX_DTYPE = {"float64": "DOUBLE", "float32": "FLOAT", "float16": "FLOAT16", "bfloat16": "BFLOAT16"}
+
+BIASED_RUNNING_VAR = Divergence(
+    id="onnx-biased-running-var",
+    kind="quirk",
+    summary=("training_mode=1 updates running_var with the population (biased, /N) batch variance, "
+             "not the unbiased m/(m-1) estimate of paper Alg. 2"),
+    source=("onnx/defs/nn/defs.cc, BatchNormalization-15 schema doc: 'ReduceVar refers to the population "
+            "variance ... (this formula does not use sample size N - 1)'; "
+            "onnx/reference/ops/op_batch_normalization.py _batchnorm_training_mode: x.var(axis) (ddof=0)"),
+    options={"running_var_correction": "biased"},
+)
+
+
+
+def _batch_stats_used(case: Case) -> bool:
+    return any(isinstance(s, Forward) and (s.mode == "train" or not case.layer.track_running_stats)
+               for s in case.steps)
+
+
+EMPTY_BATCH_NAN = Divergence(
+    id="onnx-empty-batch-nan-running-stats",
+    kind="known_bug",
+    summary=("training_mode=1 on an empty batch (N=0) averages the undefined (0/0) batch statistics into "
+             "running_mean/running_var, which become NaN, instead of leaving them unchanged"),
+    source=("onnx/defs/nn/defs.cc BatchNormalization-15 (update formula only, empty batch undefined); "
+            "onnx/reference/ops/op_batch_normalization.py _batchnorm_training_mode (x.mean of an empty axis); "
+            "onnxruntime/core/providers/cpu/nn/batch_norm.h"),
+    finding="findings/onnx_batchnorm_empty_batch_nan.py",
+    observables=("running_mean", "running_var"),
+    when=lambda case: case.input.reduction_size == 0 and case.layer.track_running_stats
+    and any(isinstance(s, Forward) and s.mode == "train" for s in case.steps),
+)
+
+#: ``epsilon`` and ``momentum`` are FLOAT attributes: a float64 graph runs with
+#: eps and the decay rounded to float32 (errors ~1e-8 relative, visible only in
+#: float64 cases); the oracle reproduces it with eps_dtype/momentum_dtype.
+FLOAT32_ATTRIBUTES = Divergence(
+    id="onnx-float32-attributes",
+    kind="quirk",
+    summary="epsilon and momentum (the decay) are FLOAT attributes: float64 graphs use them rounded to float32",
+    source=("onnx/defs/nn/defs.cc BatchNormalization-15: Attr(\"epsilon\", ..., AttributeProto::FLOAT, 1e-5f), "
+            "Attr(\"momentum\", ..., AttributeProto::FLOAT, 0.9f); onnx/onnx.proto AttributeProto.f is float"),
+    options={"eps_dtype": "float32", "momentum_dtype": "float32_decay"},
+)
+
+
+class _OnnxBatchNorm(Adapter):
+    """Shared translation: one BatchNormalization node per (mode, dtype) graph."""
+
+    observables = frozenset({"output", "running_mean", "running_var"})
+    divergences = tuple(d for d in (BIASED_RUNNING_VAR, FLOAT32_ATTRIBUTES, EMPTY_BATCH_NAN) if d)
+    #: input dtypes the runtime executes (others -> unsupported)
+    dtypes: tuple[str, ...] = ("float32", "float64", "float16")
+    bfloat16_reason = ""
+
+    def capabilities(self, case: Case) -> str | None:
+        if any(isinstance(s, (Backward, SgdStep)) for s in case.steps):
+            return (f"{self.name} is forward-only: BatchNormalization has no gradient or optimizer in the ONNX "
+                    "inference runtime (training needs onnxruntime-training / ORTModule, a different program)")
+        if case.input.axis != 1:
+            return ("ONNX BatchNormalization takes X as (N x C x D1 ... Dn), channel at dim 1; "
+                    f"channel_axis={case.input.channel_axis} needs a Transpose, a different graph")
+        if case.input.dtype not in self.dtypes:
+            return self.bfloat16_reason
+        trains = any(isinstance(s, Forward) and s.mode == "train" for s in case.steps)
+        if case.layer.momentum is None and case.layer.track_running_stats and trains:
+            return ("ONNX BatchNormalization takes a fixed float 'momentum' attribute: no cumulative "
+                    "average (momentum=None)")
+        return None
+
+    # -- graph construction (translation only) --------------------------------
+    def model(self, training: bool, case: Case, dtype: str, pdtype: str):
+        from onnx import TensorProto, helper
+
+        L = case.layer
+        t = getattr(TensorProto, _ONNX_DTYPE[dtype])
+        tp = getattr(TensorProto, _ONNX_DTYPE[pdtype])
+        ndim = len(case.input.shape)
+        xshape = [None] * ndim
+        xshape[1] = L.num_features
+        inputs = [helper.make_tensor_value_info("X", t, xshape)] + [
+            helper.make_tensor_value_info(n, tp, [L.num_features]) for n in ("scale", "B", "mean", "var")]
+        outputs = [helper.make_tensor_value_info("Y", t, xshape)]
+        node_out = ["Y"]
+        if training:  # training_mode=1 requires all three outputs (schema shape inference)
+            node_out += ["running_mean", "running_var"]
+            outputs += [helper.make_tensor_value_info(n, tp, [L.num_features]) for n in node_out[1:]]
+        attrs = dict(epsilon=L.eps, training_mode=int(training))
+        if training:
+            attrs["momentum"] = 1.0 - (L.momentum if L.momentum is not None else 0.1)  # decay = 1 - m
+        node = helper.make_node("BatchNormalization", ["X", "scale", "B", "mean", "var"], node_out, **attrs)
+        graph = helper.make_graph([node], "bn", inputs, outputs)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+    def session(self, model):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def feed_x(self, x: np.ndarray, dtype: str) -> np.ndarray:
+        return np.ascontiguousarray(x)
+
+    @staticmethod
+    def host(a) -> np.ndarray:
+        """A returned tensor as NumPy; bfloat16 (ml_dtypes) becomes float32 (exact)."""
+        a = np.asarray(a)
+        if a.dtype.name == "bfloat16":
+            a = a.astype(np.float32)
+        return a.copy()
+
+    def run(self, case, arrays):
+        L, dt, pdt = case.layer, case.input.dtype, arrays.param_dtype
+        c = L.num_features
+        rm = np.array(arrays.init["running_mean"], dtype=pdt)
+        rv = np.array(arrays.init["running_var"], dtype=pdt)
+        scale = np.array(arrays.init["weight"] if L.affine else np.ones(c), dtype=pdt)
+        bias = np.array(arrays.init["bias"] if L.affine else np.zeros(c), dtype=pdt)
+        sessions: dict[bool, object] = {}
+        obs = {}
+        for i, step in enumerate(case.steps):
+            if isinstance(step, Forward):
+                training = step.mode == "train" or not L.track_running_stats
+                if training not in sessions:
+                    sessions[training] = self.session(self.model(training, case, dt, pdt))
+                feed = {"X": self.feed_x(arrays.batches[step.batch], dt), "scale": scale, "B": bias,
+                        "mean": rm.copy(), "var": rv.copy()}
+                out = self.execute(sessions[training], feed)
+                obs[(i, "output")] = self.host(out[0])
+                if training and L.track_running_stats:  # untracked: running outputs discarded
+                    rm, rv = self.host(out[1]), self.host(out[2])
+            if L.track_running_stats:
+                obs[(i, "running_mean")] = rm.copy()
+                obs[(i, "running_var")] = rv.copy()
+        return obs
+
+    def execute(self, session, feed):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class OnnxRuntimeBatchNorm(_OnnxBatchNorm):
+    """ONNX Runtime CPU execution provider (``onnxruntime/core/providers/cpu/nn/batch_norm.h``)."""
+
+    name = "onnxruntime BatchNormalization"
+    framework = "onnxruntime"
+    bfloat16_reason = ("onnxruntime CPU has no BatchNormalization(15) kernel for bfloat16 "
+                       "(session creation: NOT_IMPLEMENTED 'Could not find an implementation')")
+
+    def session(self, model):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+    def execute(self, session, feed):
+        return session.run(None, feed)
+
+
+class OnnxReferenceBatchNorm(_OnnxBatchNorm):
+    """The ONNX reference evaluator (``onnx/reference/ops/op_batch_normalization.py``):
+    the spec written in NumPy, a cross-check of the runtime."""
+
+    name = "onnx.reference BatchNormalization"
+    framework = "onnx"
+    dtypes = ("float32", "float64", "float16", "bfloat16")
+    divergences = _OnnxBatchNorm.divergences + (
+        Divergence(
+            id="onnx-reference-half-stats-in-half",
+            kind="known_bug",
+            summary=("float16/bfloat16 X with float32 statistics: _batchnorm_training_mode computes the batch "
+                     "mean/variance, Y and the running statistics in X's half type and returns running_mean/"
+                     "running_var in that type (declared float32, T2); Y is off by many half-ulps"),
+            source=("onnx/reference/ops/op_batch_normalization.py _batchnorm_training_mode: "
+                    "saved_mean = x.mean(axis); ... output_mean.astype(x.dtype); the schema "
+                    "(onnx/defs/nn/defs.cc) says ReduceMean/ReduceVar use float for float16 inputs"),
+            finding="findings/onnx_reference_half_batchnorm.py",
+            observables=("output", "running_mean", "running_var"),
+            when=lambda case: case.input.dtype in ("float16", "bfloat16") and _batch_stats_used(case),
+        ),
+    )
+
+    def feed_x(self, x: np.ndarray, dtype: str) -> np.ndarray:
+        if dtype == "bfloat16":  # the evaluator's bfloat16 is ml_dtypes' (exact from bfloat16-valued float32)
+            import ml_dtypes
+
+            return np.ascontiguousarray(x).astype(ml_dtypes.bfloat16)
+        return np.ascontiguousarray(x)
+
+    def session(self, model):
+        from onnx.reference import ReferenceEvaluator
+
+        return ReferenceEvaluator(model)
+
+    def execute(self, session, feed):
+        return session.run(None, feed)

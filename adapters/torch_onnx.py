@@ -1,0 +1,152 @@
+"""PyTorch -> ONNX export, run in ONNX Runtime: the exported graph as a user ships it.
+
+The layer with the case's initial state is exported (weights and running
+statistics carried as initializers, exactly as in an exported file) in the
+mode of the case's single forward step, and the ONNX file is run by
+``onnxruntime`` with its default graph optimisations; its output is the
+observation. An exported file is stateless between runs and has no backward,
+so only one-forward programs are expressible (the rest are unsupported), and
+only ``output`` is observed.
+
+Exporters (torch 2.13.0, ``torch/onnx/__init__.py``):
+
+* TorchScript-based: ``torch.onnx.export(..., dynamo=False, training=TrainingMode.TRAINING|EVAL)``
+  writes ``BatchNormalization(training_mode=1|0, momentum=1-m, epsilon)``
+  (``torch/onnx/_internal/torchscript_exporter/symbolic_opset15.py``).
+* dynamo-based: ``torch.onnx.export(..., dynamo=True)``; the mode comes from
+  ``module.train()``; the onnxscript optimizer rewrites BatchNormalization to
+  inference (training_mode absent) — a train()-mode module is exported as an
+  inference graph (onnxscript issue #1791, "BatchNorm training=True -> False").
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import warnings
+
+from bnconform.adapter import Divergence
+from bnconform.catalogue import Case, Forward
+
+from ._torch import TorchAdapter
+
+_BY_RANK = {2: "BatchNorm1d", 3: "BatchNorm1d", 4: "BatchNorm2d", 5: "BatchNorm3d"}
+
+
+class _OnnxExport(TorchAdapter):
+    observables = frozenset({"output"})
+    dynamo = False
+
+    def framework_version(self) -> str:
+        torch = importlib.import_module("torch")
+        ort = importlib.import_module("onnxruntime")
+        onnx = importlib.import_module("onnx")
+        return f"torch {torch.__version__} / onnx {onnx.__version__} / onnxruntime {ort.__version__}"
+
+    def capabilities(self, case: Case) -> str | None:
+        reason = super().capabilities(case)
+        if reason:
+            return reason
+        if len(case.steps) != 1 or not isinstance(case.steps[0], Forward):
+            return ("an exported ONNX graph is one stateless forward (no backward, no optimizer step, no "
+                    "running-statistic state carried between runs): only one-forward programs are expressible")
+        if case.input.dtype == "bfloat16":
+            return "onnxruntime's CPU BatchNormalization has no bfloat16 kernel"
+        if len(case.input.shape) not in _BY_RANK:
+            return f"no torch.nn.BatchNorm module for rank {len(case.input.shape)}"
+        return None
+
+    def export(self, module, x, train: bool) -> bytes:
+        torch = self.torch
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if self.dynamo:
+                program = torch.onnx.export(module, (x,), dynamo=True, verbose=False)
+                return program.model_proto.SerializeToString()
+            buf = io.BytesIO()
+            mode = torch.onnx.TrainingMode.TRAINING if train else torch.onnx.TrainingMode.EVAL
+            torch.onnx.export(module, (x,), buf, dynamo=False, training=mode, opset_version=15)
+            return buf.getvalue()
+
+    def run(self, case, arrays):
+        import onnxruntime as ort
+
+        torch, L = self.torch, case.layer
+        pdt = arrays.param_dtype
+        module = getattr(torch.nn, _BY_RANK[len(case.input.shape)])(
+            L.num_features, eps=L.eps, momentum=L.momentum, affine=L.affine,
+            track_running_stats=L.track_running_stats, dtype=getattr(torch, pdt))
+        with torch.no_grad():
+            if L.track_running_stats:
+                module.running_mean.copy_(self.tensor(arrays.init["running_mean"], pdt))
+                module.running_var.copy_(self.tensor(arrays.init["running_var"], pdt))
+            if L.affine:
+                module.weight.copy_(self.tensor(arrays.init["weight"], pdt))
+                module.bias.copy_(self.tensor(arrays.init["bias"], pdt))
+        obs = {}
+        for i, step in enumerate(case.steps):
+            train = step.mode == "train"
+            module.train(train)
+            x = self.tensor(arrays.batches[step.batch], case.input.dtype)
+            model = self.export(module, x, train)
+            session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+            feed = {session.get_inputs()[0].name: arrays.batches[step.batch]}
+            obs[(i, "output")] = session.run(None, feed)[0]
+        return obs
+
+
+#: ONNX attributes ``epsilon``/``momentum`` are 32-bit FLOATs.
+FLOAT32_ATTRIBUTES = Divergence(
+    id="onnx-float32-attributes",
+    kind="quirk",
+    summary=("eps travels as a 32-bit FLOAT attribute of BatchNormalization: eps=1e-5 becomes "
+             "9.99999974738e-06, visible in float64 cases"),
+    source="onnx/defs/nn/defs.cc, BatchNormalization-15: attribute epsilon is AttributeProto::FLOAT",
+    options={"eps_dtype": "float32"},
+)
+
+
+def _train_forward(case: Case) -> bool:
+    return any(isinstance(s, Forward) and s.mode == "train" for s in case.steps)
+
+
+class TorchScriptExport(_OnnxExport):
+    """``torch.onnx.export(dynamo=False)`` (TorchScript-based exporter, opset 15) -> onnxruntime."""
+
+    name = "torch.onnx.export(dynamo=False) -> onnxruntime"
+    divergences = (FLOAT32_ATTRIBUTES,)
+
+
+class DynamoExport(_OnnxExport):
+    """``torch.onnx.export(dynamo=True)`` -> onnxruntime."""
+
+    name = "torch.onnx.export(dynamo=True) -> onnxruntime"
+    dynamo = True
+    divergences = (
+        FLOAT32_ATTRIBUTES,
+        Divergence(
+            id="dynamo-export-cumulative-average",
+            kind="quirk",
+            summary="momentum=None cannot be exported in train mode: torch.export rejects the data-dependent 1/num_batches_tracked",
+            source="torch/nn/modules/batchnorm.py (1.0 / float(self.num_batches_tracked)); torch.export forbids data-dependent control flow",
+            raises=r"TorchExportError",
+            when=lambda case: case.layer.momentum is None and case.layer.track_running_stats and _train_forward(case),
+        ),
+        Divergence(
+            id="dynamo-export-single-value-rejected",
+            kind="quirk",
+            summary="a train-mode batch with one value per channel is rejected at export (the module's own check runs under torch.export)",
+            source="torch/nn/functional.py _verify_batch_size, traced by torch.export",
+            raises=r"TorchExportError",
+            when=lambda case: case.input.reduction_size == 1 and _train_forward(case),
+        ),
+        Divergence(
+            id="dynamo-export-bn-train-as-inference",
+            kind="quirk",
+            summary=("a BatchNorm in train() mode is exported as an INFERENCE BatchNormalization (no training_mode): "
+                     "the exported graph normalises with the running statistics, unlike the module"),
+            source=("onnxscript optimizer rewrite 'BatchNorm training=True -> False' (microsoft/onnxscript#1791), "
+                    "applied by torch.onnx.export(dynamo=True) in torch/onnx/_internal/exporter/_core.py"),
+            options={"train_statistics": "running"},
+        ),
+    )
