@@ -72,7 +72,7 @@ class Profile:
 
     name: str = "canonical"
     running_var_correction: Literal["unbiased", "biased"] = "unbiased"
-    update_at: Literal["forward", "backward"] = "forward"
+    update_at: Literal["forward", "backward", "each_backward"] = "forward"
     cumulative_average: bool = True
     train_statistics: Literal["batch", "running"] = "batch"
     eps_dtype: Literal["float64", "float32"] = "float64"
@@ -299,7 +299,8 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
                         out.values[(i, f"grad_{name}")] = Expected(v, vm)
             if last.pending is not None:
                 apply_update(*last.pending)
-                last.pending = None
+                if profile.update_at != "each_backward":  # each_backward: every backward re-applies it
+                    last.pending = None
         elif isinstance(step, SgdStep):
             if L.affine:
                 for name, (grad, grad_mag) in grads.items():

@@ -194,3 +194,23 @@ def test_float32_attributes_round_eps_and_momentum():
                                oracle.normalize(x, mean, var, eps32, np.ones(3), np.zeros(3), 1), rtol=1e-15)
     np.testing.assert_allclose(a32.values[(0, "running_mean")].value, m32 * mean, rtol=1e-15)
     assert not np.array_equal(a32.values[(0, "running_mean")].value, canon.values[(0, "running_mean")].value)
+
+
+def test_each_backward_reapplies_the_update_in_every_backward():
+    # MXNet (src/operator/nn/batch_norm.cc BatchNormBackwardImpl): the EMA runs inside the
+    # backward kernel, so two backwards through one training forward apply it twice.
+    steps = [{"op": "forward", "mode": "train"}, {"op": "backward"}, {"op": "backward"},
+             {"op": "forward", "mode": "train", "batch": 1}]
+    case = make_case(steps)
+    arrays = generate(case)
+    once = simulate(case, arrays, CANONICAL.with_options("b", update_at="backward"))
+    each = simulate(case, arrays, CANONICAL.with_options("e", update_at="each_backward"))
+    mean = arrays.batches[0].mean(axis=(0, 2, 3))
+    np.testing.assert_array_equal(each.values[(0, "running_mean")].value, np.zeros(3))     # forward: untouched
+    np.testing.assert_allclose(each.values[(1, "running_mean")].value, 0.1 * mean, rtol=1e-13)
+    np.testing.assert_allclose(each.values[(2, "running_mean")].value, 0.9 * 0.1 * mean + 0.1 * mean, rtol=1e-13)
+    np.testing.assert_allclose(once.values[(2, "running_mean")].value, 0.1 * mean, rtol=1e-13)
+    # A training forward without a backward never updates, whichever backward knob.
+    np.testing.assert_array_equal(each.values[(3, "running_mean")].value, each.values[(2, "running_mean")].value)
+    for key in [(0, "output"), (1, "grad_input"), (2, "grad_input"), (3, "output")]:
+        np.testing.assert_array_equal(once.values[key].value, each.values[key].value)

@@ -1,0 +1,176 @@
+"""Adapters for tf-keras (Keras 2, package ``tf-keras``) ``BatchNormalization``
+with ``fused=True`` and ``fused=False`` (``tf_keras/src/layers/normalization/batch_normalization.py``).
+
+Semantics relied on (tf-keras 2.21.0, read in the installed source):
+
+* ``fused=True`` calls ``tf.compat.v1.nn.fused_batch_norm`` with
+  ``exponential_avg_factor = 1 - momentum`` in eager mode: the kernel updates
+  the moving variance with the batch variance WITH Bessel's correction
+  (``_bessels_correction_test_only = True``: the layer leaves it in) — the
+  unbiased, canonical estimate. It only applies to rank-4/5 inputs with the
+  channel on axis 1 or 3 (rank 4) / 1 or 4 (rank 5) and a compute dtype of
+  float16, bfloat16 or float32 (``_raise_if_fused_cannot_be_used``, ``build``).
+* ``fused=False`` computes ``tf.nn.moments`` (biased) and updates with
+  ``_assign_moving_average``: ``moving -= (moving - batch) * (1 - momentum)``:
+  the BIASED variance (TF issue #55545).
+* ``trainable = False`` makes ``call`` run in inference mode even with
+  ``training=True`` (TF >= 2.0 behaviour): our ``train_global_stats``.
+* float16/bfloat16 inputs: mixed-precision policies (float32 variables); both
+  paths compute the statistics in float32.
+
+Idioms translated: ``momentum`` -> ``1 - m``; ``eval`` -> ``training=False``;
+``frozen`` -> the variable left out of the gradient list and of
+``optimizer.apply_gradients`` (tf.Variables' ``trainable`` cannot change after
+creation); ``backward`` -> ``tf.GradientTape`` (persistent: several backwards
+of one forward); ``sgd_step`` -> ``tf_keras.optimizers.SGD(lr).apply_gradients``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bnconform.adapter import Adapter, Divergence
+from bnconform.catalogue import OBSERVABLES, Backward, Case, Forward, SgdStep
+
+_POLICY = {"float64": "float64", "float32": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+
+
+def _empty_batch(case: Case) -> bool:
+    return case.input.reduction_size == 0 and any(isinstance(s, Forward) and s.mode == "train" for s in case.steps)
+
+
+def _decay_rounded(case: Case) -> bool:
+    if case.input.dtype != "float64" or case.layer.momentum is None:
+        return False
+    decay = 1.0 - (1.0 - case.layer.momentum)
+    return float(np.float32(decay)) != decay and any(
+        isinstance(s, Forward) and s.mode == "train" for s in case.steps)
+
+
+TF_KERAS_EMPTY_BATCH_NAN = Divergence(
+    id="tf-keras-empty-batch-nan-moving-stats",
+    kind="known_bug",
+    summary=("a training call on an empty batch (N=0) writes NaN into moving_mean and moving_variance: the "
+             "zero-size guard (_support_zero_size_input) is only active under a distribution strategy"),
+    source=("tf_keras/src/layers/normalization/batch_normalization.py (_support_zero_size_input, "
+            "_assign_moving_average's inputs_size guard)"),
+    finding="findings/keras_empty_batch_nan_moving_stats.py",
+    observables=("running_mean", "running_var"),
+    when=_empty_batch,
+)
+
+
+class _TFKeras(Adapter):
+    framework = "tf_keras"
+    fused: bool | None = None
+    observables = frozenset(OBSERVABLES) - {"num_batches_tracked"}
+
+    def capabilities(self, case: Case) -> str | None:
+        L = case.layer
+        if L.momentum is None and L.track_running_stats:
+            return ("tf-keras BatchNormalization takes a float momentum (decay); it has no cumulative average "
+                    "(PyTorch's momentum=None) and no batch counter")
+        if not L.track_running_stats:
+            return ("tf-keras BatchNormalization always keeps moving_mean/moving_variance and training=False always "
+                    "normalises with them; there is no track_running_stats=False")
+        return None
+
+    def run(self, case, arrays):
+        import tensorflow as tf
+        import tf_keras
+
+        L, dt, pdt = case.layer, case.input.dtype, arrays.param_dtype
+        policy = _POLICY[dt] if dt in ("float32", "float64") else tf_keras.mixed_precision.Policy(_POLICY[dt])
+        layer = tf_keras.layers.BatchNormalization(
+            axis=case.input.axis, momentum=1.0 - L.momentum, epsilon=L.eps, center=L.affine, scale=L.affine,
+            fused=self.fused, dtype=policy)
+        layer.build(tuple(case.input.shape))
+        layer.moving_mean.assign(np.asarray(arrays.init["running_mean"], dtype=pdt))
+        layer.moving_variance.assign(np.asarray(arrays.init["running_var"], dtype=pdt))
+        named = {}
+        if L.affine:
+            named = {"weight": layer.gamma, "bias": layer.beta}
+            for name, var in named.items():
+                var.assign(np.asarray(arrays.init[name], dtype=pdt))
+        learn = [(n, v) for n, v in named.items() if n not in L.frozen]
+        need_grad = any(isinstance(s, Backward) for s in case.steps)
+        obs, tape, x, y, grads = {}, None, None, None, []
+        numpy = lambda t: np.array(tf.cast(t, tf.float32) if t.dtype == tf.bfloat16 else t, copy=True)  # noqa: E731
+        for i, step in enumerate(case.steps):
+            if isinstance(step, Forward):
+                layer.trainable = step.mode != "train_global_stats"
+                x = tf.cast(tf.constant(np.ascontiguousarray(arrays.batches[step.batch])), getattr(tf, dt))
+                tape = tf.GradientTape(persistent=True) if need_grad else None
+                if tape is not None:
+                    with tape:
+                        tape.watch(x)
+                        y = layer(x, training=step.mode != "eval")
+                else:
+                    y = layer(x, training=step.mode != "eval")
+                layer.trainable = True
+                obs[(i, "output")] = numpy(y)
+            elif isinstance(step, Backward):
+                g = tf.cast(tf.constant(np.ascontiguousarray(arrays.grad_outputs[i])), getattr(tf, dt))
+                dx, *grads = tape.gradient(y, [x] + [v for _, v in learn], output_gradients=g)
+                obs[(i, "grad_input")] = numpy(dx)
+                for (name, _), grad in zip(learn, grads):
+                    obs[(i, f"grad_{name}")] = numpy(grad)
+            elif isinstance(step, SgdStep) and learn:
+                tf_keras.optimizers.SGD(learning_rate=step.lr).apply_gradients(zip(grads, [v for _, v in learn]))
+            obs[(i, "running_mean")] = numpy(layer.moving_mean)
+            obs[(i, "running_var")] = numpy(layer.moving_variance)
+            for name, var in named.items():
+                obs[(i, name)] = numpy(var)
+        return obs
+
+
+class BatchNormalizationFused(_TFKeras):
+    """``tf_keras.layers.BatchNormalization(fused=True)``: ``FusedBatchNormV3``."""
+
+    name, fused = "tf_keras.layers.BatchNormalization(fused=True)", True
+
+    def capabilities(self, case: Case) -> str | None:
+        reason = super().capabilities(case)
+        if reason:
+            return reason
+        rank, axis = len(case.input.shape), case.input.axis
+        if rank not in (4, 5) or axis not in (1, rank - 1):
+            return (f"fused=True only takes rank-4 input with axis 1 or 3 or rank-5 input with axis 1 or 4 "
+                    f"(the case has rank {rank}, channel axis {axis}); tf-keras raises ValueError for rank 2/3 "
+                    "and silently falls back to the non-fused path for other rank-5 axes")
+        if case.input.dtype == "float64":
+            return ("fused=True only supports compute dtypes float16, bfloat16 and float32 "
+                    "(FusedBatchNormV3 has no float64 kernel; _raise_if_fused_cannot_be_used)")
+        return None
+
+
+class BatchNormalizationNonFused(_TFKeras):
+    """``tf_keras.layers.BatchNormalization(fused=False)``: ``tf.nn.moments`` +
+    ``tf.nn.batch_normalization`` + ``_assign_moving_average``."""
+
+    name, fused = "tf_keras.layers.BatchNormalization(fused=False)", False
+    divergences = (
+        Divergence(
+            id="tf-keras-nonfused-biased-moving-variance",
+            kind="quirk",
+            summary=("fused=False updates moving_variance with the biased batch variance of tf.nn.moments, while "
+                     "fused=True (same layer, same data) uses the unbiased one"),
+            source=("tf_keras/src/layers/normalization/batch_normalization.py (call: tf.nn.moments then "
+                    "_assign_moving_average); https://github.com/tensorflow/tensorflow/issues/55545"),
+            options={"running_var_correction": "biased"},
+        ),
+        TF_KERAS_EMPTY_BATCH_NAN,
+        Divergence(
+            id="tf-keras-float64-decay-rounded-to-float32",
+            kind="known_bug",
+            summary=("with a float64 layer the moving-average decay 1 - momentum is created as a float32 tensor "
+                     "and only then cast to float64, so the running statistics move by a float32-rounded factor "
+                     "(e.g. 0.1 -> 0.100000001490116): relative errors ~1e-8, far above float64 rounding; expected "
+                     "on float64 cases with a training step whose decay is not a float32 number"),
+            source=("tf_keras/src/layers/normalization/batch_normalization.py (_assign_moving_average: "
+                    "decay = tf.convert_to_tensor(1.0 - momentum) then tf.cast(decay, variable.dtype))"),
+            finding="findings/tf_keras_float64_decay_rounded.py",
+            observables=("running_mean", "running_var", "output"),
+            when=_decay_rounded,
+        ),
+    )
