@@ -50,19 +50,6 @@ class TorchAdapter(Adapter):
         return torch.tensor(np.ascontiguousarray(a)).to(device=self.device, dtype=getattr(torch, _DTYPES[dtype]))
 
     @staticmethod
-    def retain_graph(case: Case, i: int) -> bool:
-        """Keep the autograd graph after the backward at step ``i`` only if
-        another backward follows before the next forward (as a user would)."""
-        from bnconform.catalogue import Backward, Forward
-
-        for step in case.steps[i + 1:]:
-            if isinstance(step, Forward):
-                return False
-            if isinstance(step, Backward):
-                return True
-        return False
-
-    @staticmethod
     def numpy(t) -> np.ndarray:
         """torch tensor -> numpy; bfloat16 becomes float32 (exact), per the adapter protocol."""
         t = t.detach().cpu()

@@ -35,7 +35,6 @@ Observables: the deploy net is stateless; only ``output`` is observed.
 from __future__ import annotations
 
 import os
-import struct
 import tempfile
 
 import numpy as np

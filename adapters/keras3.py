@@ -192,15 +192,6 @@ class _Keras3(Adapter):
 
     # ------------------------------------------------------------ program
     @staticmethod
-    def _retain(case: Case, i: int) -> bool:
-        for step in case.steps[i + 1:]:
-            if isinstance(step, Forward):
-                return False
-            if isinstance(step, Backward):
-                return True
-        return False
-
-    @staticmethod
     def _flags(named: dict, frozen) -> None:
         """``variable.trainable``: False for the case's frozen parameters, True otherwise."""
         for name, var in named.items():
@@ -239,7 +230,7 @@ class _Keras3(Adapter):
                 obs[(i, "output")] = self.to_numpy(y)
             elif isinstance(step, Backward):
                 dx, grads = self.backward(ctx, self.to_backend(arrays.grad_outputs[i], dt),
-                                          [v for _, v in learn], self._retain(case, i))
+                                          [v for _, v in learn], case.backward_follows(i))
                 obs[(i, "grad_input")] = self.to_numpy(dx)
                 for (name, _), grad in zip(learn, grads):
                     obs[(i, f"grad_{name}")] = self.to_numpy(grad)

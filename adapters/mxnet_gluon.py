@@ -93,7 +93,7 @@ class GluonBatchNorm(MXNetAdapter):
                         y = net(x)
                     obs[(i, "output")] = self.numpy(y)
             elif isinstance(step, Backward):
-                y.backward(self.nd(arrays.grad_outputs[i], dt), retain_graph=self.retain_graph(case, i),
+                y.backward(self.nd(arrays.grad_outputs[i], dt), retain_graph=case.backward_follows(i),
                            train_mode=train)
                 obs[(i, "grad_input")] = self.numpy(x.grad)
                 for name, p in params.items():

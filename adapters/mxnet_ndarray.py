@@ -234,17 +234,6 @@ class MXNetAdapter(Adapter):
         """is_train for a forward in ``mode``: batch statistics need training mode."""
         return mode != "eval" or not case.layer.track_running_stats
 
-    @staticmethod
-    def retain_graph(case: Case, i: int) -> bool:
-        """Keep the graph after the backward at step ``i`` only if another
-        backward follows before the next forward (as a user would)."""
-        for step in case.steps[i + 1:]:
-            if isinstance(step, Forward):
-                return False
-            if isinstance(step, Backward):
-                return True
-        return False
-
     def nd(self, a: np.ndarray, dtype: str):
         """numpy -> NDArray of ``dtype`` on the CPU (a copy)."""
         return self.mx.nd.array(np.ascontiguousarray(a), dtype=dtype, ctx=self.mx.cpu())
@@ -296,7 +285,7 @@ class NDArrayBatchNorm(MXNetAdapter):
                     obs[(i, "output")] = self.numpy(y)
             elif isinstance(step, Backward):
                 y.backward(self.nd(arrays.grad_outputs[i], case.input.dtype),
-                           retain_graph=self.retain_graph(case, i), train_mode=train)
+                           retain_graph=case.backward_follows(i), train_mode=train)
                 obs[(i, "grad_input")] = self.numpy(x.grad)
                 for name, p in trainable.items():
                     obs[(i, f"grad_{name}")] = self.numpy(p.grad)

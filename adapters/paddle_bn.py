@@ -167,9 +167,7 @@ class PaddleBatchNorm(Adapter):
                 x.clear_gradient()
                 layer.clear_gradients()
                 g = paddle.to_tensor(np.ascontiguousarray(arrays.grad_outputs[i]), dtype=dt)
-                retain = any(isinstance(s, Backward) for s in case.steps[i + 1:]
-                             if not any(isinstance(t, Forward) for t in case.steps[i + 1:case.steps.index(s)]))
-                paddle.autograd.backward([y], [g], retain_graph=retain)
+                paddle.autograd.backward([y], [g], retain_graph=case.backward_follows(i))
                 obs[(i, "grad_input")] = self.numpy(x.grad)
                 for n in ("weight", "bias"):
                     p = getattr(layer, n, None)

@@ -57,7 +57,7 @@ class FunctionalBatchNorm(TorchAdapter):
                 x.grad = None
                 for p in params.values():
                     p.grad = None
-                y.backward(self.tensor(arrays.grad_outputs[i], case.input.dtype), retain_graph=self.retain_graph(case, i))
+                y.backward(self.tensor(arrays.grad_outputs[i], case.input.dtype), retain_graph=case.backward_follows(i))
                 obs[(i, "grad_input")] = self.numpy(x.grad)
                 for name, p in params.items():
                     if p.grad is not None:

@@ -6,7 +6,7 @@ Idioms translated:
 * ``layer.frozen`` -> ``parameter.requires_grad_(False)`` and the parameter
   left out of ``torch.optim.SGD``.
 * ``sgd_step`` -> ``torch.optim.SGD(params, lr).step()`` (plain SGD).
-* ``backward`` -> ``output.backward(grad_output, retain_graph=self.retain_graph(case, i))`` after
+* ``backward`` -> ``output.backward(grad_output, retain_graph=case.backward_follows(i))`` after
   clearing every ``.grad`` (gradients are not accumulated across steps).
 """
 
@@ -71,7 +71,7 @@ class _TorchModule(TorchAdapter):
             elif isinstance(step, Backward):
                 x.grad = None
                 module.zero_grad(set_to_none=True)
-                y.backward(self.tensor(arrays.grad_outputs[i], case.input.dtype), retain_graph=self.retain_graph(case, i))
+                y.backward(self.tensor(arrays.grad_outputs[i], case.input.dtype), retain_graph=case.backward_follows(i))
                 obs[(i, "grad_input")] = self.numpy(x.grad)
                 if L.affine:
                     for name in ("weight", "bias"):

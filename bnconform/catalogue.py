@@ -277,6 +277,17 @@ class Case(_Strict):
                 raise ValueError(f"input.shape must be [N, {features}] (channel_axis 1) for dataset {dist.dataset}")
         return self
 
+    def backward_follows(self, i: int) -> bool:
+        """Whether another backward comes after step ``i`` before the next
+        forward: an adapter then keeps the autograd graph (``retain_graph``),
+        as a user would."""
+        for step in self.steps[i + 1:]:
+            if isinstance(step, Forward):
+                return False
+            if isinstance(step, Backward):
+                return True
+        return False
+
     @property
     def source_titles(self) -> str:
         return "; ".join(s.title for s in self.source)
