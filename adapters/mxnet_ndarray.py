@@ -255,6 +255,8 @@ class NDArrayBatchNorm(MXNetAdapter):
     """``mx.nd.BatchNorm`` called imperatively under ``mx.autograd`` (oneDNN path)."""
 
     name = "mx.nd.BatchNorm[onednn]"
+    #: Keep the operator's DEFAULT fix_gamma=True even for a learnable gamma (see the subclass).
+    default_fix_gamma = False
 
     def run(self, case, arrays):
         mx, L = self.mx, case.layer
@@ -279,7 +281,7 @@ class NDArrayBatchNorm(MXNetAdapter):
                     x.attach_grad()
                     with autograd.record(train_mode=train):
                         y = mx.nd.BatchNorm(x, gamma, beta, rm, rv, eps=L.eps, momentum=self.momentum(case),
-                                            fix_gamma=not L.affine,
+                                            fix_gamma=self.default_fix_gamma or not L.affine,
                                             use_global_stats=step.mode == "train_global_stats",
                                             axis=case.input.axis)
                     obs[(i, "output")] = self.numpy(y)
@@ -386,3 +388,31 @@ class SymbolBatchNormNative(SymbolBatchNorm):
     """``mx.sym.BatchNorm`` executor on the native CPU kernel (``MXNET_MKLDNN_ENABLED=0``)."""
 
     name, path = "mx.sym.BatchNorm[native]", "native"
+
+
+FIXED_GAMMA = Divergence(
+    id="mxnet-fix-gamma-default",
+    kind="quirk",
+    summary=("the operator's DEFAULT fix_gamma=True ignores a loaded or learned gamma: the layer normalises and "
+             "back-propagates with gamma = 1 and reports a zero gamma gradient (the stored gamma is also "
+             "overwritten with 1.0 by an inference forward, so `weight` is not compared on this row)"),
+    source=("src/operator/nn/batch_norm-inl.h BatchNormParam: fix_gamma default true; "
+            "src/operator/nn/batch_norm.cc BatchNormForwardImpl/BackwardImpl (gamma taken as 1, dgamma = 0)"),
+    options={"fixed_gamma": True},
+)
+
+
+class NDArrayBatchNormFixGamma(NDArrayBatchNorm):
+    """``mx.nd.BatchNorm`` called with its DEFAULTS, i.e. ``fix_gamma=True`` even when the
+    model loads or trains a gamma — the trap behind "my pretrained gamma has no effect"."""
+
+    name = "mx.nd.BatchNorm[fix_gamma default, onednn]"
+    default_fix_gamma = True
+    observables = NDArrayBatchNorm.observables - {"weight"}
+    divergences = NDArrayBatchNorm.divergences + (FIXED_GAMMA,)
+
+
+class NDArrayBatchNormFixGammaNative(NDArrayBatchNormFixGamma):
+    """The default-``fix_gamma`` row on the native CPU kernel (``MXNET_MKLDNN_ENABLED=0``)."""
+
+    name, path = "mx.nd.BatchNorm[fix_gamma default, native]", "native"

@@ -64,6 +64,9 @@ class Profile:
         ``"float32"`` (the new-batch weight m rounded to float32) or
         ``"float32_decay"`` (the DECAY 1 - m stored as float32, as ONNX and
         Paddle do: the effective weight is ``1 - fl32(1 - m)``).
+    ``fixed_gamma``: gamma is treated as 1 in forward and backward and its
+        gradient is 0 whatever value it holds (MXNet's default ``fix_gamma=True``,
+        ``src/operator/nn/batch_norm.cc``).
     ``train_statistics``: what a ``train``-mode forward normalises with:
         ``"batch"`` (the paper) or ``"running"`` — the layer behaves as in
         inference even in training mode and updates nothing (Keras
@@ -77,6 +80,7 @@ class Profile:
     train_statistics: Literal["batch", "running"] = "batch"
     eps_dtype: Literal["float64", "float32"] = "float64"
     momentum_dtype: Literal["float64", "float32", "float32_decay"] = "float64"
+    fixed_gamma: bool = False
 
     def with_options(self, name: str, **options) -> "Profile":
         """A copy with ``options`` applied; raises ``TypeError`` for unknown knobs."""
@@ -87,7 +91,7 @@ class Profile:
         base = CANONICAL
         return {k: getattr(self, k)
                 for k in ("running_var_correction", "update_at", "cumulative_average", "train_statistics",
-                          "eps_dtype", "momentum_dtype")
+                          "eps_dtype", "momentum_dtype", "fixed_gamma")
                 if getattr(self, k) != getattr(base, k)}
 
 
@@ -248,6 +252,10 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
         mag["running_mean"] = (1 - factor) * mag["running_mean"] + factor * abs_mean
         mag["running_var"] = (1 - factor) * mag["running_var"] + factor * corr * mag_var
 
+    def effective_gamma():
+        """The gamma the kernel uses and its magnitude (1 when gamma is fixed)."""
+        return (np.ones_like(w), np.ones_like(w)) if profile.fixed_gamma else (w, mag["weight"])
+
     for i, step in enumerate(case.steps):
         if isinstance(step, Forward):
             x = np.asarray(arrays.batches[step.batch], dtype=np.float64)
@@ -269,28 +277,32 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
                     apply_update(mean, var, abs_mean, mag_var)
                 else:
                     last.pending = (mean, var, abs_mean, mag_var)
+            gamma, gamma_mag = effective_gamma()
             with np.errstate(invalid="ignore", divide="ignore"):
-                y = normalize(x, mean, var, L.eps, w, b, axis)
+                y = normalize(x, mean, var, L.eps, gamma, b, axis)
                 invstd = 1.0 / np.sqrt(var + L.eps)
                 # mag["weight"] >= |w|: it carries the rounding history of gamma (SGD
                 # updates that cancel leave a small gamma with an absolute error).
-                y_mag = cv(mag["weight"] * invstd) * (np.abs(x) + cv(np.abs(mean))) + cv(mag["bias"])
+                y_mag = cv(gamma_mag * invstd) * (np.abs(x) + cv(np.abs(mean))) + cv(mag["bias"])
             out.values[(i, "output")] = Expected(y, y_mag)
         elif isinstance(step, Backward):
             assert last is not None  # guaranteed by catalogue validation
             g = np.asarray(arrays.grad_outputs[i], dtype=np.float64)
             fn = backward_batch_stats if last.used_batch else backward_global_stats
             axes = reduce_axes(ndim, axis)
+            gamma, gamma_mag = effective_gamma()
             with np.errstate(invalid="ignore", divide="ignore"):
-                dx, dw, db = fn(g, last.x, last.mean, last.var, L.eps, w, axis)
+                dx, dw, db = fn(g, last.x, last.mean, last.var, L.eps, gamma, axis)
                 invstd = 1.0 / np.sqrt(last.var + L.eps)
                 xh_mag = (np.abs(last.x) + cv(np.abs(last.mean))) * cv(invstd)
                 if last.used_batch:
-                    dx_mag = cv(mag["weight"] * invstd) * (np.abs(g) + np.abs(g).mean(axis=axes, keepdims=True)
+                    dx_mag = cv(gamma_mag * invstd) * (np.abs(g) + np.abs(g).mean(axis=axes, keepdims=True)
                                                        + xh_mag * (np.abs(g) * xh_mag).mean(axis=axes, keepdims=True))
                 else:
-                    dx_mag = cv(mag["weight"] * invstd) * np.abs(g)
+                    dx_mag = cv(gamma_mag * invstd) * np.abs(g)
                 dw_mag, db_mag = (np.abs(g) * xh_mag).sum(axis=axes), np.abs(g).sum(axis=axes)
+                if profile.fixed_gamma:  # the gradient of a fixed gamma is 0, exactly
+                    dw, dw_mag = np.zeros_like(dw), np.zeros_like(dw_mag)
             out.values[(i, "grad_input")] = Expected(dx, dx_mag)
             if L.affine:
                 grads = {"weight": (dw, dw_mag), "bias": (db, db_mag)}
