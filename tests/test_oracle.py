@@ -214,3 +214,14 @@ def test_each_backward_reapplies_the_update_in_every_backward():
     np.testing.assert_array_equal(each.values[(3, "running_mean")].value, each.values[(2, "running_mean")].value)
     for key in [(0, "output"), (1, "grad_input"), (2, "grad_input"), (3, "output")]:
         np.testing.assert_array_equal(once.values[key].value, each.values[key].value)
+
+
+def test_fixed_gamma_ignores_gamma_and_zeroes_its_gradient():
+    steps = [{"op": "forward", "mode": "train"}, {"op": "backward"}]
+    case = make_case(steps, {"init": {"weight": [2.0, -1.0, 0.5]}})
+    arrays = generate(case)
+    fixed = simulate(case, arrays, CANONICAL.with_options("f", fixed_gamma=True))
+    unit = simulate(make_case(steps), generate(make_case(steps)))  # same seed, gamma = 1
+    np.testing.assert_allclose(fixed.values[(0, "output")].value, unit.values[(0, "output")].value, rtol=1e-15)
+    np.testing.assert_allclose(fixed.values[(1, "grad_input")].value, unit.values[(1, "grad_input")].value, rtol=1e-15)
+    np.testing.assert_array_equal(fixed.values[(1, "grad_weight")].value, np.zeros(3))
