@@ -21,7 +21,9 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
+import os
 import re
+import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -179,8 +181,21 @@ class Recorder:
             tr.write_line(f"  records: {_results_path(config)}")
 
 
+def _suite_commit(root: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "bnconform_cell: a (case, adapter) conformance cell")
+    if "BNCONFORM_COMMIT" not in os.environ:  # inherited by xdist workers
+        commit = _suite_commit(Path(config.rootpath))
+        if commit:
+            os.environ["BNCONFORM_COMMIT"] = commit
     config._bnconform = Recorder(config)
     config.pluginmanager.register(config._bnconform, "bnconform-recorder")
 

@@ -55,6 +55,8 @@ class ResultRecord(BaseModel):
     platform: str = Field(default_factory=lambda: f"{sys.platform}-{platform.machine()}")
     timestamp: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     nodeid: str | None = None
+    #: bnconform commit that produced the record ($BNCONFORM_COMMIT, set by the pytest plugin).
+    commit: str | None = Field(default_factory=lambda: os.environ.get("BNCONFORM_COMMIT") or None)
 
     @property
     def cell(self) -> tuple[str, str]:
