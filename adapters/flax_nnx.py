@@ -1,0 +1,177 @@
+"""Adapter for ``flax.nnx.BatchNorm`` (``flax/nnx/nn/normalization.py``) on JAX (CPU).
+
+Semantics relied on (flax 0.12.8, jax 0.10.2), read in ``flax/nnx/nn/normalization.py``:
+
+* ``momentum`` is the DECAY: ``mean[...] = momentum * mean[...] + (1 - momentum)
+  * batch_mean`` (``BatchNorm.__call__``), so the catalogue's new-batch weight
+  ``m`` becomes ``momentum = 1 - m``; there is no cumulative average.
+* The running variance is updated with the BIASED batch variance that
+  normalises (``_compute_stats``, shared in form with linen: ``E[x^2] -
+  E[x]^2`` clamped at 0 with the default ``use_fast_variance=True``, else
+  ``E[(x - E[x])^2]``), computed in at least float32.
+* The layer holds ``scale``/``bias`` as ``nnx.Param`` and ``mean``/``var`` as
+  ``nnx.BatchStat`` (created float32 whatever ``param_dtype``; the adapter
+  assigns the case's initial values in the case's parameter dtype).
+  ``axis`` is the feature (channel) axis; ``use_scale``/``use_bias`` switch
+  gamma/beta off. ``promote_dtype`` casts input, running stats, scale and bias
+  to ``dtype`` (the computation dtype) before normalising; the input dtype is
+  passed for float16/bfloat16 inputs (float32 parameters), as in the linen
+  adapter. Unlike linen (whose ``_normalize`` keeps scale/bias in
+  ``param_dtype``), the float32 scale/bias are therefore cast to the half
+  dtype and their gradients come back half-precision
+  (``flax-nnx-half-param-grads``, ``findings/flax_nnx_half_param_grads.py``).
+* Verified on NNX (not assumed from linen): biased running variance, the
+  one-pass variance cancellation of ``use_fast_variance=True`` (same cases,
+  same kappa threshold), NaN running statistics after an empty training
+  batch, and the bfloat16 ``grad_input`` error of the backward.
+* A freshly built ``nnx.BatchNorm`` is in training mode
+  (``use_running_average=False``); ``Module.train()`` / ``Module.eval()``
+  (``flax/nnx/module.py``) set ``use_running_average`` False / True.
+
+Idioms translated: ``train`` -> ``bn.train()`` then ``bn(x)`` (the running
+statistics are updated in place); ``eval`` and ``train_global_stats`` ->
+``bn.eval()`` (NNX has no separate "global statistics in training" switch:
+gradients flow through the same call); ``track_running_stats: false`` ->
+``bn.train()`` in every mode (the statistics it writes are not observed).
+Gradients: ``nnx.vjp`` (``flax/nnx/transforms/autodiff.py``, the stateful
+``jax.vjp`` that propagates the BatchStat update back into the module) of
+``lambda m, x: m(x)``; ``grad_weight``/``grad_bias`` are the module-gradient's
+``scale``/``bias``. ``sgd_step`` -> ``nnx.Optimizer(bn, optax.sgd(lr),
+wrt=...)`` with ``wrt`` the ``nnx.Param`` filter minus the frozen parameters'
+paths (``nnx.All(nnx.Param, nnx.Not(nnx.PathContains(name)))``), the NNX
+idiom for training a subset of parameters (``flax/nnx/training/optimizer.py``).
+
+float64 cases need JAX's x64 mode (enabled before any array is built, for
+every case, as in the linen adapter).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bnconform.adapter import Adapter, Divergence
+from bnconform.catalogue import OBSERVABLES, Backward, Case, Forward, SgdStep
+
+from .flax_linen import BF16_BACKWARD, BIASED_RUNNING_VAR, EMPTY_BATCH_NAN, FAST_VARIANCE
+
+_PARAM = {"weight": "scale", "bias": "bias"}
+
+
+def _half_param_backward(case: Case) -> bool:
+    return (case.input.dtype in ("float16", "bfloat16") and case.layer.affine
+            and not {"weight", "bias"} <= set(case.layer.frozen)
+            and any(isinstance(s, Backward) for s in case.steps))
+
+
+HALF_PARAM_GRADS = Divergence(
+    id="flax-nnx-half-param-grads",
+    kind="known_bug",
+    summary=("float16/bfloat16 input (dtype = input dtype, float32 params): nnx.BatchNorm casts scale and bias to "
+             "the half dtype before normalising, so grad_weight/grad_bias are half-precision values (rel. err "
+             "~2e-4 float16, ~3e-3 bfloat16) where flax.linen.BatchNorm's are float32-accurate; expected on "
+             "half-precision cases with a backward and a trainable affine parameter"),
+    source=("flax/nnx/nn/normalization.py BatchNorm.__call__: self.promote_dtype((x, mean, var, scale, bias), "
+            "dtype=self.dtype) (flax.linen.BatchNorm's _normalize keeps scale/bias in param_dtype)"),
+    finding="findings/flax_nnx_half_param_grads.py",
+    observables=("grad_weight", "grad_bias", "weight", "bias"),
+    when=_half_param_backward,
+)
+
+
+class FlaxNNXBatchNorm(Adapter):
+    name = "flax.nnx.BatchNorm"
+    framework = "flax"
+    observables = frozenset(OBSERVABLES) - {"num_batches_tracked"}
+    divergences = (BIASED_RUNNING_VAR, FAST_VARIANCE, EMPTY_BATCH_NAN, BF16_BACKWARD, HALF_PARAM_GRADS)
+    use_fast_variance = True
+
+    def capabilities(self, case: Case) -> str | None:
+        trains = any(isinstance(s, Forward) and s.mode == "train" for s in case.steps)
+        if case.layer.momentum is None and case.layer.track_running_stats and trains:
+            return ("flax.nnx.BatchNorm takes a fixed float momentum (decay): no cumulative average "
+                    "(momentum=None)")
+        return None
+
+    @staticmethod
+    def numpy(a) -> np.ndarray:
+        a = np.asarray(a)
+        if a.dtype.name == "bfloat16":
+            a = a.astype(np.float32)
+        return a.copy()
+
+    def module(self, case: Case, arrays):
+        import jax.numpy as jnp
+        from flax import nnx
+
+        L = case.layer
+        dt, pdt = case.input.dtype, arrays.param_dtype
+        half = dt in ("float16", "bfloat16")
+        bn = nnx.BatchNorm(
+            case.input.shape[case.input.axis], axis=case.input.axis,
+            momentum=1.0 - (L.momentum if L.momentum is not None else 0.1), epsilon=L.eps,
+            use_scale=L.affine, use_bias=L.affine, use_fast_variance=self.use_fast_variance,
+            dtype=getattr(jnp, dt) if half else None, param_dtype=getattr(jnp, pdt), rngs=nnx.Rngs(0))
+        bn.mean.set_value(jnp.asarray(arrays.init["running_mean"], dtype=pdt))
+        bn.var.set_value(jnp.asarray(arrays.init["running_var"], dtype=pdt))
+        if L.affine:
+            bn.scale.set_value(jnp.asarray(arrays.init["weight"], dtype=pdt))
+            bn.bias.set_value(jnp.asarray(arrays.init["bias"], dtype=pdt))
+        return bn
+
+    def forward(self, bn, x):
+        """``(y, vjp_fn)``: the layer call under ``nnx.vjp`` (updates ``bn``'s BatchStats)."""
+        from flax import nnx
+
+        return nnx.vjp(lambda m, x: m(x), bn, x, graph=False)
+
+    def sgd(self, bn, grads, lr, wrt):
+        import optax
+        from flax import nnx
+
+        nnx.Optimizer(bn, optax.sgd(lr), wrt=wrt).update(bn, grads)
+
+    def run(self, case, arrays):
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        import jax.numpy as jnp
+        from flax import nnx
+
+        L, dt = case.layer, case.input.dtype
+        bn = self.module(case, arrays)
+        frozen = [_PARAM[n] for n in ("weight", "bias") if self.frozen(case, n)]
+        wrt = nnx.All(nnx.Param, *(nnx.Not(nnx.PathContains(p)) for p in frozen))
+        obs, vjp_fn, grads = {}, None, None
+        for i, step in enumerate(case.steps):
+            if isinstance(step, Forward):
+                if step.mode == "train" or not L.track_running_stats:
+                    bn.train()
+                else:
+                    bn.eval()
+                x = jnp.asarray(arrays.batches[step.batch], dtype=dt)
+                y, vjp_fn = self.forward(bn, x)
+                obs[(i, "output")] = self.numpy(y)
+            elif isinstance(step, Backward):
+                g = jnp.asarray(arrays.grad_outputs[i], dtype=dt)
+                grads, gx = vjp_fn(g)
+                obs[(i, "grad_input")] = self.numpy(gx)
+                for n in ("weight", "bias"):
+                    if L.affine and not self.frozen(case, n):
+                        obs[(i, f"grad_{n}")] = self.numpy(getattr(grads, _PARAM[n])[...])
+            elif isinstance(step, SgdStep) and L.affine:
+                self.sgd(bn, grads, step.lr, wrt)
+            if L.track_running_stats:
+                obs[(i, "running_mean")] = self.numpy(bn.mean[...])
+                obs[(i, "running_var")] = self.numpy(bn.var[...])
+            if L.affine:
+                obs[(i, "weight")] = self.numpy(bn.scale[...])
+                obs[(i, "bias")] = self.numpy(bn.bias[...])
+        return obs
+
+
+class FlaxNNXBatchNormStableVariance(FlaxNNXBatchNorm):
+    """``use_fast_variance=False``: the two-pass ``E[(x - E[x])^2]`` variance."""
+
+    name = "flax.nnx.BatchNorm[use_fast_variance=False]"
+    use_fast_variance = False
+    divergences = (BIASED_RUNNING_VAR, EMPTY_BATCH_NAN, BF16_BACKWARD, HALF_PARAM_GRADS)
