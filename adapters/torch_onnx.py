@@ -41,7 +41,7 @@ class _OnnxExport(TorchAdapter):
         torch = importlib.import_module("torch")
         ort = importlib.import_module("onnxruntime")
         onnx = importlib.import_module("onnx")
-        return f"torch {torch.__version__} / onnx {onnx.__version__} / onnxruntime {ort.__version__}"
+        return f"{torch.__version__} (onnx {onnx.__version__}, onnxruntime {ort.__version__})"
 
     def capabilities(self, case: Case) -> str | None:
         reason = super().capabilities(case)
