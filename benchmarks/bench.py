@@ -45,8 +45,8 @@ from bnconform.arrays import generate
 from bnconform.catalogue import load_catalogue
 cat = load_catalogue([{cases!r}], {root!r})
 arrays = {{c.id: generate(c) for c in cat.cases}}
-t1 = time.perf_counter()
 import {framework}
+t1 = time.perf_counter()
 adapters = [load_adapter(t) for t, fw in BUILTIN.values() if fw == {framework!r}]
 adapters = [a for a in adapters if a.available() is None]
 for a in adapters:
