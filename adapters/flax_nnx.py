@@ -86,8 +86,7 @@ class FlaxNNXBatchNorm(Adapter):
     use_fast_variance = True
 
     def capabilities(self, case: Case) -> str | None:
-        trains = any(isinstance(s, Forward) and s.mode == "train" for s in case.steps)
-        if case.layer.momentum is None and case.layer.track_running_stats and trains:
+        if case.uses_cumulative_average:
             return ("flax.nnx.BatchNorm takes a fixed float momentum (decay): no cumulative average "
                     "(momentum=None)")
         return None

@@ -162,7 +162,7 @@ class _Keras3(Adapter):
 
     def capabilities(self, case: Case) -> str | None:
         L = case.layer
-        if L.momentum is None and L.track_running_stats:
+        if case.uses_cumulative_average:
             return ("keras BatchNormalization takes a float momentum (decay); it has no cumulative average "
                     "(PyTorch's momentum=None) and no batch counter")
         if not L.track_running_stats:

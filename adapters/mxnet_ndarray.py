@@ -213,8 +213,7 @@ class MXNetAdapter(Adapter):
         return mxnet
 
     def capabilities(self, case: Case) -> str | None:
-        L = case.layer
-        if L.momentum is None and L.track_running_stats:
+        if case.uses_cumulative_average:
             return ("MXNet BatchNorm's momentum is a float decay (BatchNormParam::momentum); it has no "
                     "cumulative average (momentum=None) and no batch counter to build one from")
         if case.input.dtype == "bfloat16":

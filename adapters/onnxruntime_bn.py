@@ -108,8 +108,7 @@ class _OnnxBatchNorm(Adapter):
                     f"channel_axis={case.input.channel_axis} needs a Transpose, a different graph")
         if case.input.dtype not in self.dtypes:
             return self.bfloat16_reason
-        trains = any(isinstance(s, Forward) and s.mode == "train" for s in case.steps)
-        if case.layer.momentum is None and case.layer.track_running_stats and trains:
+        if case.uses_cumulative_average:
             return ("ONNX BatchNormalization takes a fixed float 'momentum' attribute: no cumulative "
                     "average (momentum=None)")
         return None

@@ -121,8 +121,7 @@ class PaddleBatchNorm(Adapter):
         if case.input.dtype in ("float16", "bfloat16"):
             return (f"paddle {paddle_version()} CPU registers batch_norm for float32/float64 only: "
                     f"'The kernel with key (CPU, ..., {case.input.dtype}) of kernel `batch_norm` is not registered'")
-        trains = any(isinstance(s, Forward) and s.mode == "train" for s in case.steps)
-        if case.layer.momentum is None and case.layer.track_running_stats and trains:
+        if case.uses_cumulative_average:
             return "paddle BatchNorm takes a fixed float momentum (decay): no cumulative average (momentum=None)"
         return None
 

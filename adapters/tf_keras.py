@@ -67,7 +67,7 @@ class _TFKeras(Adapter):
 
     def capabilities(self, case: Case) -> str | None:
         L = case.layer
-        if L.momentum is None and L.track_running_stats:
+        if case.uses_cumulative_average:
             return ("tf-keras BatchNormalization takes a float momentum (decay); it has no cumulative average "
                     "(PyTorch's momentum=None) and no batch counter")
         if not L.track_running_stats:

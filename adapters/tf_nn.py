@@ -49,7 +49,7 @@ class _TFFunctional(Adapter):
         return tf
 
     def capabilities(self, case: Case) -> str | None:
-        if case.layer.momentum is None and case.layer.track_running_stats:
+        if case.uses_cumulative_average:
             return ("the running statistics are the caller's EMA with a decay; there is no cumulative average "
                     "(PyTorch's momentum=None) and no batch counter in TensorFlow's batch-norm functions")
         return None

@@ -87,7 +87,7 @@ class CompiledModuleFullGraph(CompiledModule):
             source=("torch/nn/modules/batchnorm.py _BatchNorm.forward (1.0 / float(self.num_batches_tracked)); "
                     "torch.compile docs: fullgraph=True raises on graph breaks"),
             raises=r"data-dependent",
-            when=lambda case: case.layer.momentum is None and case.layer.track_running_stats,
+            when=lambda case: case.uses_cumulative_average,
         ),
     )
 

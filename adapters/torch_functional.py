@@ -28,7 +28,7 @@ class FunctionalBatchNorm(TorchAdapter):
         return F.batch_norm
 
     def capabilities(self, case: Case) -> str | None:
-        if case.layer.momentum is None and case.layer.track_running_stats:
+        if case.uses_cumulative_average:
             return ("F.batch_norm takes a float momentum: the cumulative average (momentum=None) "
                     "is implemented by nn.BatchNorm's forward, not by the functional")
         return super().capabilities(case)

@@ -106,9 +106,6 @@ FLOAT32_ATTRIBUTES = Divergence(
 )
 
 
-def _train_forward(case: Case) -> bool:
-    return any(isinstance(s, Forward) and s.mode == "train" for s in case.steps)
-
 
 class TorchScriptExport(_OnnxExport):
     """``torch.onnx.export(dynamo=False)`` (TorchScript-based exporter, opset 15) -> onnxruntime."""
@@ -130,7 +127,7 @@ class DynamoExport(_OnnxExport):
             summary="momentum=None cannot be exported in train mode: torch.export rejects the data-dependent 1/num_batches_tracked",
             source="torch/nn/modules/batchnorm.py (1.0 / float(self.num_batches_tracked)); torch.export forbids data-dependent control flow",
             raises=r"TorchExportError",
-            when=lambda case: case.layer.momentum is None and case.layer.track_running_stats and _train_forward(case),
+            when=lambda case: case.uses_cumulative_average,
         ),
         Divergence(
             id="dynamo-export-single-value-rejected",
@@ -138,7 +135,7 @@ class DynamoExport(_OnnxExport):
             summary="a train-mode batch with one value per channel is rejected at export (the module's own check runs under torch.export)",
             source="torch/nn/functional.py _verify_batch_size, traced by torch.export",
             raises=r"TorchExportError",
-            when=lambda case: case.input.reduction_size == 1 and _train_forward(case),
+            when=lambda case: case.input.reduction_size == 1 and case.trains,
         ),
         Divergence(
             id="dynamo-export-bn-train-as-inference",

@@ -277,6 +277,18 @@ class Case(_Strict):
                 raise ValueError(f"input.shape must be [N, {features}] (channel_axis 1) for dataset {dist.dataset}")
         return self
 
+    @property
+    def trains(self) -> bool:
+        """Whether any forward runs in ``train`` mode."""
+        return any(isinstance(s, Forward) and s.mode == "train" for s in self.steps)
+
+    @property
+    def uses_cumulative_average(self) -> bool:
+        """``momentum: null`` with tracked statistics and a train step: the
+        program needs a cumulative average (frameworks with only a float
+        momentum cannot express it)."""
+        return self.layer.momentum is None and self.layer.track_running_stats and self.trains
+
     def backward_follows(self, i: int) -> bool:
         """Whether another backward comes after step ``i`` before the next
         forward: an adapter then keeps the autograd graph (``retain_graph``),
