@@ -46,4 +46,8 @@ BUILTIN: dict[str, tuple[str, str]] = {
     "tf_keras.layers.BatchNormalization(fused=False)": ("adapters.tf_keras:BatchNormalizationNonFused", "tf_keras"),
     "tf.nn.moments+tf.nn.batch_normalization": ("adapters.tf_nn:MomentsBatchNormalization", "tensorflow"),
     "tf.compat.v1.nn.fused_batch_norm": ("adapters.tf_nn:FusedBatchNorm", "tensorflow"),
+    "keras.layers.BatchNormalization[tensorflow, tf.function]": ("adapters.tf_compiled:BatchNormalizationTFFunction", "keras.tensorflow"),
+    "keras.layers.BatchNormalization[tensorflow, tf.function(jit_compile=True)]": ("adapters.tf_compiled:BatchNormalizationTFXLA", "keras.tensorflow"),
+    "tf.nn.moments+tf.nn.batch_normalization[tf.function]": ("adapters.tf_compiled:MomentsTFFunction", "tensorflow"),
+    "tf.nn.moments+tf.nn.batch_normalization[tf.function(jit_compile=True)]": ("adapters.tf_compiled:MomentsTFXLA", "tensorflow"),
 }
