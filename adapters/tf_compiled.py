@@ -167,7 +167,15 @@ class BatchNormalizationTFSynchronized(BatchNormalizationTF):
     distribution strategy (one replica: the default replica context).
     ``synchronized`` is a plain attribute read by ``_moments`` on each call
     (``BatchNormalization.__init__`` only stores it): set on the layer the
-    eager program built."""
+    eager program built.
+
+    NOT registered in ``adapters.BUILTIN``: its one-pass-variance known bug is
+    selected by a conditioning cut-off fitted to the catalogue, and
+    ``train-5steps-m0.1`` / ``train-5steps-m0.5`` (mean^2/var 20-30) fail by
+    1.1x / 1.4x the tolerance while cases with larger ratios pass — the row
+    would gate on rounding. Run it with
+    ``--adapter adapters.tf_compiled:BatchNormalizationTFSynchronized``.
+    """
 
     name = "keras.layers.BatchNormalization[tensorflow, synchronized=True]"
     divergences = (KERAS_BIASED_MOVING_VARIANCE, KERAS_SYNC_EMPTY_BATCH_ZERO, KERAS_SYNC_ONE_PASS_VARIANCE)
