@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -55,7 +54,7 @@ def page(tmp_path_factory):
     opts.binary_location = CHROMIUM
     for flag in FLAGS:
         opts.add_argument(flag)
-    opts.add_argument("--user-data-dir=" + tempfile.mkdtemp(prefix="bnconform-chromium-"))
+    opts.add_argument("--user-data-dir=" + str(tmp_path_factory.mktemp("chromium-profile")))
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
     driver.set_page_load_timeout(60)
