@@ -17,6 +17,9 @@ import numpy as np
 from bnconform.adapter import Adapter
 from bnconform.catalogue import Case
 
+#: The torch.nn module class for each input rank.
+MODULE_BY_RANK = {2: "BatchNorm1d", 3: "BatchNorm1d", 4: "BatchNorm2d", 5: "BatchNorm3d"}
+
 _DTYPES = {"float64": "float64", "float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
 
@@ -48,6 +51,22 @@ class TorchAdapter(Adapter):
         # A copy: the tensor must never alias the caller's array (in-place
         # running-stat updates would write into it).
         return torch.tensor(np.ascontiguousarray(a)).to(device=self.device, dtype=getattr(torch, _DTYPES[dtype]))
+
+    def build_module(self, case: Case, arrays, module_name: str):
+        """``torch.nn.<module_name>`` configured from ``case.layer``, with the case's
+        initial running statistics and affine parameters (parameter dtype)."""
+        torch, L, pdt = self.torch, case.layer, arrays.param_dtype
+        module = getattr(torch.nn, module_name)(
+            L.num_features, eps=L.eps, momentum=L.momentum, affine=L.affine,
+            track_running_stats=L.track_running_stats, device=self.device, dtype=getattr(torch, pdt))
+        with torch.no_grad():
+            if L.track_running_stats:
+                module.running_mean.copy_(self.tensor(arrays.init["running_mean"], pdt))
+                module.running_var.copy_(self.tensor(arrays.init["running_var"], pdt))
+            if L.affine:
+                module.weight.copy_(self.tensor(arrays.init["weight"], pdt))
+                module.bias.copy_(self.tensor(arrays.init["bias"], pdt))
+        return module
 
     @staticmethod
     def numpy(t) -> np.ndarray:

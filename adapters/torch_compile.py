@@ -17,9 +17,9 @@ from bnconform.adapter import Divergence
 from bnconform.catalogue import Backward, Case
 
 from .torch_functional import FunctionalBatchNorm
+from ._torch import MODULE_BY_RANK
 from .torch_nn import _TorchModule
 
-_BY_RANK = {2: "BatchNorm1d", 3: "BatchNorm1d", 4: "BatchNorm2d", 5: "BatchNorm3d"}
 
 
 def _half_backward(case: Case) -> bool:
@@ -62,7 +62,7 @@ class CompiledModule(_Fresh, _TorchModule):
     divergences = (INDUCTOR_HALF_BACKWARD,)
 
     def module_for(self, case: Case) -> str:
-        return _BY_RANK[len(case.input.shape)]
+        return MODULE_BY_RANK[len(case.input.shape)]
 
     def call(self, module, x):
         # One compiled wrapper per layer instance (kept off the module: assigning

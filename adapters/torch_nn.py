@@ -47,17 +47,7 @@ class _TorchModule(TorchAdapter):
 
     def run(self, case, arrays):
         torch, L = self.torch, case.layer
-        pdt = arrays.param_dtype
-        module = getattr(torch.nn, self.module_for(case))(
-            L.num_features, eps=L.eps, momentum=L.momentum, affine=L.affine,
-            track_running_stats=L.track_running_stats, device=self.device, dtype=getattr(torch, pdt))
-        with torch.no_grad():
-            if L.track_running_stats:
-                module.running_mean.copy_(self.tensor(arrays.init["running_mean"], pdt))
-                module.running_var.copy_(self.tensor(arrays.init["running_var"], pdt))
-            if L.affine:
-                module.weight.copy_(self.tensor(arrays.init["weight"], pdt))
-                module.bias.copy_(self.tensor(arrays.init["bias"], pdt))
+        module = self.build_module(case, arrays, self.module_for(case))
         for name in L.frozen:
             getattr(module, name).requires_grad_(False)
         trainable = [p for p in module.parameters() if p.requires_grad]

@@ -28,9 +28,8 @@ import warnings
 from bnconform.adapter import Divergence
 from bnconform.catalogue import Case, Forward
 
-from ._torch import TorchAdapter
+from ._torch import MODULE_BY_RANK, TorchAdapter
 
-_BY_RANK = {2: "BatchNorm1d", 3: "BatchNorm1d", 4: "BatchNorm2d", 5: "BatchNorm3d"}
 
 
 class _OnnxExport(TorchAdapter):
@@ -52,7 +51,7 @@ class _OnnxExport(TorchAdapter):
                     "running-statistic state carried between runs): only one-forward programs are expressible")
         if case.input.dtype == "bfloat16":
             return "onnxruntime's CPU BatchNormalization has no bfloat16 kernel"
-        if len(case.input.shape) not in _BY_RANK:
+        if len(case.input.shape) not in MODULE_BY_RANK:
             return f"no torch.nn.BatchNorm module for rank {len(case.input.shape)}"
         return None
 
@@ -71,18 +70,7 @@ class _OnnxExport(TorchAdapter):
     def run(self, case, arrays):
         import onnxruntime as ort
 
-        torch, L = self.torch, case.layer
-        pdt = arrays.param_dtype
-        module = getattr(torch.nn, _BY_RANK[len(case.input.shape)])(
-            L.num_features, eps=L.eps, momentum=L.momentum, affine=L.affine,
-            track_running_stats=L.track_running_stats, dtype=getattr(torch, pdt))
-        with torch.no_grad():
-            if L.track_running_stats:
-                module.running_mean.copy_(self.tensor(arrays.init["running_mean"], pdt))
-                module.running_var.copy_(self.tensor(arrays.init["running_var"], pdt))
-            if L.affine:
-                module.weight.copy_(self.tensor(arrays.init["weight"], pdt))
-                module.bias.copy_(self.tensor(arrays.init["bias"], pdt))
+        module = self.build_module(case, arrays, MODULE_BY_RANK[len(case.input.shape)])
         obs = {}
         for i, step in enumerate(case.steps):
             train = step.mode == "train"
