@@ -122,8 +122,3 @@ class BatchNorm2dChannelsLast(BatchNorm2d):
     def prepare(self, x):
         return x.contiguous(memory_format=self.torch.channels_last)
 
-
-class BatchNorm2dCUDA(BatchNorm2d):
-    """BatchNorm2d on the GPU (cuDNN where torch selects it); skipped without CUDA."""
-
-    name, device = "torch.nn.BatchNorm2d[cuda]", "cuda"
