@@ -9,6 +9,9 @@ Options (see ``pytest --help``, group "bnconform"):
   the frameworks not installed are listed in the terminal summary.
 * ``--adapter package.module:Class`` — run a plug-in adapter (repeatable).
   Entry points in the group ``bnconform.adapters`` are picked up too.
+* ``--require-device`` — an adapter that cannot run on this machine at all
+  (``Adapter.available()``, e.g. no CUDA device) fails its cells instead of
+  skipping them: for the env that exists to run the GPU rows.
 * ``--results-dir DIR`` — where ``<env>.jsonl`` is written (default
   ``reports/results`` under the rootdir; env from ``$BNCONFORM_ENV``).
 
@@ -55,6 +58,8 @@ def pytest_addoption(parser):
                     help="run and REQUIRE the built-in adapters of this framework (repeatable, comma lists ok)")
     group.addoption("--adapter", action="append", default=[], metavar="MODULE:CLASS",
                     help="run a plug-in adapter (repeatable)")
+    group.addoption("--require-device", action="store_true", default=False,
+                    help="an adapter unavailable on this machine (e.g. no CUDA device) fails its cells, not skips")
     group.addoption("--results-dir", default=None, metavar="DIR",
                     help="directory for <env>.jsonl result records (default: reports/results)")
 
@@ -257,6 +262,8 @@ class CellItem(pytest.Item):
                               f"failed to load: {type(exc).__name__}: {exc}") from exc
         why_not = adapter.available()
         if why_not:
+            if self.config.getoption("require_device"):
+                raise CellFailure(f"adapter {adapter.name} cannot run here (--require-device): {why_not}")
             pytest.skip(f"{adapter.name}: {why_not}")
         start = time.perf_counter()
         try:

@@ -204,3 +204,12 @@ class HangingAdapter(NumpyBatchNorm):
 
             time.sleep(600)
         return super().run(case, arrays)
+
+
+class NoDeviceAdapter(NumpyBatchNorm):
+    """An adapter for a device this machine lacks (as a CUDA row on a CPU machine)."""
+
+    name, device = "plugin: needs a device", "npu"
+
+    def available(self):
+        return "no NPU on this machine"

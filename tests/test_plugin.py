@@ -70,6 +70,16 @@ def test_raising_plugin_is_error_and_the_matrix_completes(project):
     assert result.ret == 1
 
 
+def test_adapter_unavailable_here_skips_with_its_reason_unless_the_device_is_required(project):
+    args = ("--adapter", "tests.numpy_bn:NoDeviceAdapter", "-rs", "--results-dir", "res")
+    skipped = project.runpytest_subprocess(*args)
+    assert skipped.ret == 0 and skipped.parseoutcomes()["skipped"] >= 10
+    skipped.stdout.fnmatch_lines(["*SKIPPED*plugin: needs a device: no NPU on this machine*"])
+    required = project.runpytest_subprocess(*args, "--require-device")
+    assert required.ret == 1 and "passed" not in required.parseoutcomes()
+    required.stdout.fnmatch_lines(["*cannot run here (--require-device): no NPU on this machine*"])
+
+
 def test_broken_adapter_target_fails_loudly(project):
     result = project.runpytest_subprocess("--adapter", "tests.numpy_bn:DoesNotExist")
     assert result.ret == 1

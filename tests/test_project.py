@@ -69,8 +69,9 @@ def test_github_workflow_is_valid_and_names_real_tox_envs():
 
     wf = yaml.safe_load((ROOT / ".github" / "workflows" / "bnconform.yml").read_text())
     envs = {s.split(":", 1)[1] for s in tox().sections() if s.startswith("testenv:")}
-    matrix = wf["jobs"]["shard"]["strategy"]["matrix"]["env"]
+    matrix = [env for job in ("shard", "gpu-shard") for env in wf["jobs"][job]["strategy"]["matrix"]["env"]]
     assert set(matrix) <= envs, set(matrix) - envs
+    assert set(wf["jobs"]["report-and-gate"]["needs"]) == {"shard", "gpu-shard"}
     conformance = {s.split(":", 1)[1] for s in tox().sections()
                    if s.startswith("testenv:") and "pytest cases" in tox()[s].get("commands", "")}
     assert conformance <= set(matrix), f"conformance envs missing from the CI matrix: {conformance - set(matrix)}"
