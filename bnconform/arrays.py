@@ -14,7 +14,10 @@ otherwise (frameworks keep BN statistics in float32 for half inputs).
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -90,12 +93,38 @@ def draw(dist: Distribution, shape: tuple[int, ...], axis: int, seed: tuple[int,
     return a
 
 
+#: The data files of ``sklearn.datasets.load_<name>`` in scikit-learn's
+#: ``datasets/data/`` folder (``sklearn/datasets/_base.py``: ``load_csv_data``
+#: skips one header line and takes all columns but the last, the target;
+#: ``load_digits`` reads ``digits.csv.gz`` with no header the same way).
+DATASET_FILES = {"iris": ("iris.csv", 1), "wine": ("wine_data.csv", 1),
+                 "breast_cancer": ("breast_cancer.csv", 1), "digits": ("digits.csv.gz", 0)}
+
+
+@functools.lru_cache(maxsize=None)
+def dataset(name: str) -> np.ndarray:
+    """The feature matrix ``(n_samples, n_features)`` float64 of a dataset that
+    ships inside scikit-learn, equal to ``sklearn.datasets.load_<name>().data``.
+
+    Read straight from the package's data files: importing ``sklearn.datasets``
+    (which pulls in SciPy) costs ~1 s per process. Raises ``KeyError`` for an
+    unknown name and ``ImportError`` when scikit-learn is not installed.
+    """
+    file, header = DATASET_FILES[name]
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"dataset {name!r} ships with scikit-learn, which is not installed")
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / file
+    data = np.loadtxt(path, delimiter=",", skiprows=header, dtype=np.float64)
+    data = data[:, :-1]
+    data.setflags(write=False)
+    return data
+
+
 def dataset_batch(name: str, shape: tuple[int, ...], seed: tuple[int, ...]) -> np.ndarray:
     """Batch ``seed[2]`` of ``shape = (N, C)`` rows of a dataset shipped with
-    scikit-learn, rows shuffled by ``seed[0]``; float64."""
-    import sklearn.datasets
-
-    data = np.asarray(getattr(sklearn.datasets, f"load_{name}")().data, dtype=np.float64)
+    scikit-learn (:func:`dataset`), rows shuffled by ``seed[0]``; float64."""
+    data = dataset(name)
     order = np.random.default_rng([seed[0], 99]).permutation(len(data))
     n, k = shape[0], seed[2]
     rows = order[(np.arange(n) + k * n) % len(data)]

@@ -36,6 +36,11 @@ from pydantic import (
     model_validator,
 )
 
+#: ``yaml.safe_load``'s loader, in libyaml's C implementation where PyYAML has
+#: it (same safe constructors; parsing the catalogue drops from ~0.24 s to
+#: ~0.03 s per collecting process, i.e. per xdist worker).
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 DTYPES = ("float64", "float32", "float16", "bfloat16")
 DATASET_FEATURES = {"iris": 4, "wine": 13, "breast_cancer": 30, "digits": 64}
 MODES = ("train", "eval", "train_global_stats")
@@ -346,7 +351,7 @@ def load_file(path: str | Path, root: str | Path | None = None) -> list[Case]:
     path = Path(path)
     shown = str(path.relative_to(root)) if root and path.is_relative_to(root) else str(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=SAFE_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -2,6 +2,8 @@
 
 import textwrap
 
+import numpy as np
+
 import pytest
 
 from bnconform.arrays import generate, round_bfloat16
@@ -97,6 +99,18 @@ def test_bfloat16_rounding_keeps_8_significant_bits():
     assert v[0] == 1.0  # tie to even
     assert v[1] == 1.0 + 2**-7
     assert np.isnan(v[2]) and v[3] == 3.0
+
+
+@pytest.mark.parametrize("name", ["iris", "wine", "breast_cancer", "digits"])
+def test_dataset_files_read_directly_equal_sklearns_loader(name):
+    import sklearn.datasets
+
+    from bnconform.arrays import dataset
+
+    expected = getattr(sklearn.datasets, f"load_{name}")().data
+    got = dataset(name)
+    assert got.dtype == np.float64 and got.shape == expected.shape
+    assert np.array_equal(got, expected)
 
 
 def test_dataset_inputs_are_real_rows_and_shapes_are_checked(tmp_path):

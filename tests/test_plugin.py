@@ -139,3 +139,20 @@ def test_hanging_framework_times_out_as_an_error_cell(project, method):
     hung = recs.pop("train-1step-m0.5")
     assert hung["verdict"] == "error" and ("Timeout" in hung["reason"] or "crashed" in hung["reason"])
     assert len(recs) >= 10 and {r["verdict"] for r in recs.values()} == {"conforms"}
+
+
+@pytest.mark.parametrize("workers, preset, expected", [(2, None, "cpus//2"), (None, None, None), (2, "3", "3")])
+def test_xdist_workers_share_the_cores_unless_threads_are_set(monkeypatch, workers, preset, expected):
+    import os
+    from types import SimpleNamespace
+
+    from bnconform.plugin import _share_cores_between_workers
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+        if preset:
+            monkeypatch.setenv(var, preset)
+    _share_cores_between_workers(SimpleNamespace(option=SimpleNamespace(numprocesses=workers)))
+    want = {"cpus//2": "8"}.get(expected, expected)
+    assert os.environ.get("OMP_NUM_THREADS") == want and os.environ.get("MKL_NUM_THREADS") == want
