@@ -14,7 +14,13 @@ For one framework env (default ``torch``) it measures, each the best of
 
 Derived: ``overhead = matrix_s / floor_s``, ``speedup_n2 = matrix_s /
 matrix_n2_s``, per-cell cost per scale. ``--markdown FILE`` appends a table
-to e.g. ``benchmarks/RESULTS.md``.
+to e.g. ``benchmarks/RESULTS.md``; ``--jsonl FILE`` appends the figures as
+one JSON line, and ``--table FILE`` prints the markdown table of such a file
+(one row per env) instead of measuring.
+
+Run it with each env's interpreter and its framework group, e.g.
+``.tox/torch-compile/bin/python benchmarks/bench.py --framework torch.compile``
+(set the env's variables, such as ``KERAS_BACKEND``, as tox.ini does).
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from bnconform.arrays import generate
 from bnconform.catalogue import load_catalogue
 cat = load_catalogue([{cases!r}], {root!r})
 arrays = {{c.id: generate(c) for c in cat.cases}}
-import {framework}
+import {module}
 t1 = time.perf_counter()
 adapters = [load_adapter(t) for t, fw in BUILTIN.values() if fw == {framework!r}]
 adapters = [a for a in adapters if a.available() is None]
@@ -85,13 +91,30 @@ def replicate(cases_dir: Path, factor: int, out: Path) -> int:
     return n
 
 
+COLUMNS = ("cells", "import_s", "bn_calls_s", "floor_s", "matrix_s", "matrix_n2_s", "overhead", "speedup_n2")
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown table, one row per measured framework group."""
+    lines = ["| group | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for r in rows:
+        cells = [f"{r[k]:.2f}" if isinstance(r[k], float) else str(r[k]) for k in COLUMNS]
+        lines.append(f"| {r['framework']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--framework", default="torch")
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--scales", default="1,2,4")
+    p.add_argument("--scales", default="1,2,4", help="catalogue replication factors (empty: skip)")
     p.add_argument("--markdown", type=Path, default=None, help="append a results table to this file")
+    p.add_argument("--jsonl", type=Path, default=None, help="append the figures as one JSON line to this file")
+    p.add_argument("--table", type=Path, default=None, help="print the markdown table of a --jsonl file and exit")
     args = p.parse_args(argv)
+    if args.table:
+        print(table([json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]))
+        return 0
     py, fw = sys.executable, args.framework
     env = {**os.environ, "BNCONFORM_ENV": "bench"}
     (ROOT / ".bench").mkdir(exist_ok=True)
@@ -100,9 +123,10 @@ def main(argv=None) -> int:
         pytest = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--framework", fw, "--results-dir", str(work / "r")]
         out = {"framework": fw, "python": platform.python_version(), "machine": platform.platform(),
                "cpus": os.cpu_count(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        out["import_s"] = best(lambda: timed([py, "-c", f"import {fw}"], ROOT), args.repeat)
+        out["import_s"] = best(lambda: timed([py, "-c", f"import {fw.split('.')[0]}"], ROOT), args.repeat)
         floor_script = work / "floor.py"
-        floor_script.write_text(FLOOR.format(root=str(ROOT), cases=str(ROOT / "cases"), framework=fw))
+        floor_script.write_text(FLOOR.format(root=str(ROOT), cases=str(ROOT / "cases"), framework=fw,
+                                                module=fw.split(".")[0]))
         calls = min(float(subprocess.run([py, str(floor_script)], cwd=ROOT, capture_output=True, text=True).stdout)
                     for _ in range(args.repeat))
         out["bn_calls_s"] = calls
@@ -113,7 +137,7 @@ def main(argv=None) -> int:
         out["speedup_n2"] = out["matrix_s"] / out["matrix_n2_s"]
         cells = sum(1 for _ in open(work / "r" / "bench.jsonl"))
         out["scale"] = []
-        for factor in map(int, args.scales.split(",")):
+        for factor in (int(f) for f in args.scales.split(",") if f):
             d = work / f"x{factor}" / "cases"
             n = replicate(ROOT / "cases", factor, d)
             # conftest + adapters are found through the repo root on sys.path
@@ -123,10 +147,13 @@ def main(argv=None) -> int:
             s["per_case_ms"] = 1000 * (s["matrix_s"] - out["import_s"]) / s["cases"]
         out["cells"] = cells
         print(json.dumps(out, indent=2))
+        if args.jsonl:
+            with open(args.jsonl, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(out) + "\n")
         if args.markdown:
             lines = [f"\n## {fw} — {out['date']} — {out['machine']}, {out['cpus']} CPUs, Python {out['python']}\n",
                      "| measure | value |", "|---|---|"]
-            for key in ("cells", "import_s", "bn_calls_s", "floor_s", "matrix_s", "matrix_n2_s", "overhead", "speedup_n2"):
+            for key in COLUMNS:
                 v = out[key]
                 lines.append(f"| {key} | {v:.2f} |" if isinstance(v, float) else f"| {key} | {v} |")
             lines += ["", "| catalogue | cases | matrix s | per case ms (excl. import) |", "|---|---|---|---|"]
