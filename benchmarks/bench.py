@@ -8,6 +8,9 @@ For one framework env (default ``torch``) it measures, each the best of
   every supported cell's BN calls (``adapter.run``) once, no oracle, no
   comparison, no pytest;
 * ``matrix_s``   — ``pytest cases --framework F`` (the real matrix), serial;
+* ``matrix_n1_s``— the same with ``-n 1``: one xdist worker, the cheapest
+  way to keep crash isolation (a crashing cell is an ``error`` record and the
+  matrix goes on);
 * ``matrix_n2_s``— the same with ``-n 2`` (pytest-xdist);
 * ``scale``      — matrix time for the catalogue replicated 1x, 2x, 4x (ids
   suffixed), to show the per-case cost stays constant.
@@ -91,7 +94,8 @@ def replicate(cases_dir: Path, factor: int, out: Path) -> int:
     return n
 
 
-COLUMNS = ("cells", "import_s", "bn_calls_s", "floor_s", "matrix_s", "matrix_n2_s", "overhead", "speedup_n2")
+COLUMNS = ("cells", "import_s", "bn_calls_s", "floor_s", "matrix_s", "matrix_n1_s", "matrix_n2_s", "overhead",
+           "speedup_n2")
 
 
 def table(rows: list[dict]) -> str:
@@ -132,6 +136,7 @@ def main(argv=None) -> int:
         out["bn_calls_s"] = calls
         out["floor_s"] = out["import_s"] + calls
         out["matrix_s"] = best(lambda: timed(pytest + ["cases"], ROOT, env), args.repeat)
+        out["matrix_n1_s"] = best(lambda: timed(pytest + ["cases", "-n", "1"], ROOT, env), args.repeat)
         out["matrix_n2_s"] = best(lambda: timed(pytest + ["cases", "-n", "2"], ROOT, env), args.repeat)
         out["overhead"] = out["matrix_s"] / out["floor_s"]
         out["speedup_n2"] = out["matrix_s"] / out["matrix_n2_s"]
