@@ -32,7 +32,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import pytest
@@ -113,12 +112,12 @@ class _Loaded:
 
     def get(self, spec: AdapterSpec) -> tuple[Adapter, str]:
         if spec.target not in self._cache:
+            from .adapter import load_adapter
+
             # A framework import creates hundreds of thousands of long-lived
             # objects; without this the cyclic GC rescans them again and again
             # (0.6-0.8 s per process for torch). Frozen objects are never freed,
             # which is what imported modules are anyway.
-            from .adapter import load_adapter
-
             gc.disable()
             try:
                 adapter = load_adapter(spec.target)
@@ -251,9 +250,9 @@ def pytest_unconfigure(config):
 
 def _results_path(config) -> Path:
     d = config.getoption("results_dir")
-    base = Path(d) if d else Path(config.rootpath) / "reports" / "results"
     from .results import current_env
 
+    base = Path(d) if d else Path(config.rootpath) / "reports" / "results"
     return base / f"{current_env()}.jsonl"
 
 
