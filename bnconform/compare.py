@@ -153,13 +153,21 @@ def compare_one(actual, exp_value, magnitude, observable: str, case: Case, i: in
         where = "NaN where the oracle has a value" if np.any(~nan_e & nan_a) else "a value where the oracle has NaN"
         return ObservableComparison(**base, passed=False, ratio=math.inf,
                                     message=f"{where} ({int(np.sum(nan_e != nan_a))} element(s))", **small)
-    finite = ~nan_e
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        err = np.where(finite, np.abs(a64 - e), 0.0)
-        inf_e = np.isinf(e)
-        err = np.where(inf_e, np.where(a64 == e, 0.0, np.inf), err)
-        ratio_el = np.where(err == 0, 0.0, err / np.where(tol > 0, tol, 0.0))
-        rel = np.where(finite & (e != 0), err / np.abs(e), np.where(err == 0, 0.0, np.inf))
+        if np.isfinite(e).all() and np.isfinite(a64).all():
+            # The common case, without the NaN/inf masks (same values: x / 0 is inf).
+            err = np.abs(a64 - e)
+            zero = err == 0
+            ratio_el = np.where(zero, 0.0, err / tol)
+            rel = np.where(zero, 0.0, err / np.abs(e))
+        else:
+            finite = ~nan_e
+            err = np.where(finite, np.abs(a64 - e), 0.0)
+            inf_e = np.isinf(e)
+            err = np.where(inf_e, np.where(a64 == e, 0.0, np.inf), err)
+            # An infinite error is infinitely out, also where the tolerance is infinite.
+            ratio_el = np.where(err == 0, 0.0, np.where(np.isinf(err), np.inf, err / np.where(tol > 0, tol, 0.0)))
+            rel = np.where(finite & (e != 0) & ~np.isinf(err), err / np.abs(e), np.where(err == 0, 0.0, np.inf))
     if err.size == 0:
         return ObservableComparison(**base, passed=True, **small)
     worst = int(np.argmax(ratio_el))

@@ -119,6 +119,25 @@ def test_structural_mismatches_fail_with_a_message():
     assert not compare_one(np.array(3), np.array(2.0), np.array(0.0), "num_batches_tracked", c, 0).passed
 
 
+def test_errors_ratios_and_relative_errors_with_and_without_non_finite_values():
+    c = case()
+    e, m = np.array([0.0, 2.0, -4.0]), np.ones(3)
+    tol = tolerance(e, m, "running_mean", c, 0)
+    a = np.array([0.0, 2.0, -4.0], np.float32) + np.array([3e-7, 0.0, -1e-6], np.float32)
+    r = compare_one(a, e, m, "running_mean", c, 0)
+    err = np.abs(a.astype(np.float64) - e)
+    assert r.max_abs_err == err.max() and r.ratio == (err / tol).max() and r.tol_at_worst == tol[2]
+    assert r.max_rel_err == np.inf  # an error where the oracle has exactly 0
+    exact = compare_one(np.array([2, 3]), np.array([2.0, 2.0]), np.zeros(2), "num_batches_tracked", c, 0)
+    assert exact.ratio == np.inf and exact.max_abs_err == 1.0 and exact.max_rel_err == 0.5
+    # +inf where the oracle has +inf is no error; a finite value there is an infinite one
+    inf_e = np.array([np.inf, 1.0, 1.0])
+    same = compare_one(np.array([np.inf, 1.0, 1.0], np.float32), inf_e, m, "running_var", c, 0)
+    assert same.passed and same.max_abs_err == 0.0
+    other = compare_one(np.array([1.0, 1.0, np.inf], np.float32), inf_e, m, "running_var", c, 0)
+    assert not other.passed and other.max_abs_err == np.inf and other.ratio == np.inf
+
+
 def test_one_pass_variance_with_large_offset_fails_but_two_pass_passes():
     # Mean 1e4, spread 1, float32: E[x^2] - E[x]^2 cancels catastrophically.
     c = make_case([{"op": "forward", "mode": "train"}], {"momentum": 1.0},
