@@ -56,6 +56,23 @@ def _expect(case: Case, profile: Profile) -> Expectation | OracleUndefined:
     return _EXPECT[key]
 
 
+_AGREE: dict[tuple[str, Profile, Profile, frozenset[str]], bool] = {}
+
+
+def _agree(case: Case, a: Profile, b: Profile, observable: frozenset[str]) -> bool:
+    """Whether oracle profiles ``a`` and ``b`` are indistinguishable on ``case``
+    within tolerance (:func:`expectations_agree`; False where either is
+    undefined). A function of the case and the profiles only: computed once
+    per process, not once per adapter (an adapter with several quirks asks
+    several times per case)."""
+    key = (case.model_dump_json(), a, b, observable)
+    if key not in _AGREE:
+        ea, eb = _expect(case, a), _expect(case, b)
+        _AGREE[key] = (not isinstance(ea, OracleUndefined) and not isinstance(eb, OracleUndefined)
+                       and expectations_agree(ea, eb, case, observable))
+    return _AGREE[key]
+
+
 def profile_for(divergences: list[Divergence]) -> Profile:
     """The oracle profile with every listed divergence's options applied."""
     options: dict = {}
@@ -142,11 +159,10 @@ def run_cell(case: Case, adapter: Adapter, framework_version: str | None = None,
 
     manifest: list[Divergence] = []
     if declared is not CANONICAL and not isinstance(divergent, OracleUndefined):
-        if isinstance(canonical, OracleUndefined) or not expectations_agree(canonical, divergent, case, observable):
+        if not _agree(case, CANONICAL, declared, observable):
             # Which documented divergences matter here: dropping one changes the expectation.
             for d in documented:
-                without = _expect(case, profile_for([o for o in documented if o is not d]))
-                if isinstance(without, OracleUndefined) or not expectations_agree(without, divergent, case, observable):
+                if not _agree(case, profile_for([o for o in documented if o is not d]), declared, observable):
                     manifest.append(d)
             manifest = manifest or documented
     if manifest:
