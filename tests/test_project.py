@@ -77,3 +77,13 @@ def test_github_workflow_is_valid_and_names_real_tox_envs():
     assert conformance <= set(matrix), f"conformance envs missing from the CI matrix: {conformance - set(matrix)}"
     steps = " ".join(str(s.get("run", "")) for s in wf["jobs"]["report-and-gate"]["steps"])
     assert "bnconform report" in steps and "bnconform gate" in steps
+
+
+def test_cpu_envs_hide_gpus_and_only_the_cuda_env_sees_them():
+    cfg = tox()
+    assert re.search(r"^\s*CUDA_VISIBLE_DEVICES\s*=\s*$", cfg["testenv"]["set_env"], re.M)
+    for section in cfg.sections():
+        own = cfg[section].get("set_env")
+        if section.startswith("testenv:") and own is not None:
+            inherits = "{[testenv]set_env}" in own
+            assert inherits != (section == "testenv:torch-cuda"), section
