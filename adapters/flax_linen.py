@@ -124,18 +124,31 @@ BF16_BACKWARD = Divergence(
 )
 
 
-class FlaxLinenBatchNorm(Adapter):
-    name = "flax.linen.BatchNorm"
+class FlaxBatchNormAdapter(Adapter):
+    """What the Flax BatchNorm APIs (linen and NNX) share: no ``num_batches_tracked``,
+    a fixed decay instead of a cumulative average, bfloat16 read back as float32."""
+
     framework = "flax"
     observables = frozenset(OBSERVABLES) - {"num_batches_tracked"}
-    divergences = (BIASED_RUNNING_VAR, FAST_VARIANCE, EMPTY_BATCH_NAN, BF16_BACKWARD)
     use_fast_variance = True
 
     def capabilities(self, case: Case) -> str | None:
         if case.uses_cumulative_average:
-            return ("flax.linen.BatchNorm takes a fixed float momentum (decay): no cumulative average "
-                    "(momentum=None)")
+            api = self.name.split("[")[0]
+            return f"{api} takes a fixed float momentum (decay): no cumulative average (momentum=None)"
         return None
+
+    @staticmethod
+    def numpy(a) -> np.ndarray:
+        a = np.asarray(a)
+        if a.dtype.name == "bfloat16":
+            a = a.astype(np.float32)
+        return a.copy()
+
+
+class FlaxLinenBatchNorm(FlaxBatchNormAdapter):
+    name = "flax.linen.BatchNorm"
+    divergences = (BIASED_RUNNING_VAR, FAST_VARIANCE, EMPTY_BATCH_NAN, BF16_BACKWARD)
 
     def module(self, case: Case, arrays):
         import jax.numpy as jnp
@@ -147,13 +160,6 @@ class FlaxLinenBatchNorm(Adapter):
             axis=case.input.axis, momentum=1.0 - (L.momentum if L.momentum is not None else 0.1),
             epsilon=L.eps, use_scale=L.affine, use_bias=L.affine, use_fast_variance=self.use_fast_variance,
             dtype=getattr(jnp, case.input.dtype) if half else None, param_dtype=getattr(jnp, arrays.param_dtype))
-
-    @staticmethod
-    def numpy(a) -> np.ndarray:
-        a = np.asarray(a)
-        if a.dtype.name == "bfloat16":
-            a = a.astype(np.float32)
-        return a.copy()
 
     def run(self, case, arrays):
         import jax

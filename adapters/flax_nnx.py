@@ -47,12 +47,11 @@ every case, as in the linen adapter).
 
 from __future__ import annotations
 
-import numpy as np
+from bnconform.adapter import Divergence
+from bnconform.catalogue import Backward, Case, Forward, SgdStep
 
-from bnconform.adapter import Adapter, Divergence
-from bnconform.catalogue import OBSERVABLES, Backward, Case, Forward, SgdStep
-
-from .flax_linen import BF16_BACKWARD, BIASED_RUNNING_VAR, EMPTY_BATCH_NAN, FAST_VARIANCE
+from .flax_linen import (BF16_BACKWARD, BIASED_RUNNING_VAR, EMPTY_BATCH_NAN, FAST_VARIANCE,
+                         FlaxBatchNormAdapter)
 
 _PARAM = {"weight": "scale", "bias": "bias"}
 
@@ -78,25 +77,9 @@ HALF_PARAM_GRADS = Divergence(
 )
 
 
-class FlaxNNXBatchNorm(Adapter):
+class FlaxNNXBatchNorm(FlaxBatchNormAdapter):
     name = "flax.nnx.BatchNorm"
-    framework = "flax"
-    observables = frozenset(OBSERVABLES) - {"num_batches_tracked"}
     divergences = (BIASED_RUNNING_VAR, FAST_VARIANCE, EMPTY_BATCH_NAN, BF16_BACKWARD, HALF_PARAM_GRADS)
-    use_fast_variance = True
-
-    def capabilities(self, case: Case) -> str | None:
-        if case.uses_cumulative_average:
-            return ("flax.nnx.BatchNorm takes a fixed float momentum (decay): no cumulative average "
-                    "(momentum=None)")
-        return None
-
-    @staticmethod
-    def numpy(a) -> np.ndarray:
-        a = np.asarray(a)
-        if a.dtype.name == "bfloat16":
-            a = a.astype(np.float32)
-        return a.copy()
 
     def module(self, case: Case, arrays):
         import jax.numpy as jnp
