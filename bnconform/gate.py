@@ -24,7 +24,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 
-from .report import Diff, Merged, diff, load_and_merge, merge
+from .resultset import Diff, Merged, diff, load_and_merge, merge
 from .results import FAILING
 
 

@@ -87,7 +87,7 @@ def test_running_var_divergence_is_the_bessel_factor(records):
 def test_gate_reports_the_migration_as_a_behaviour_change(records):
     """``bnconform gate --map-adapter``: tf-keras fused as the baseline of Keras 3."""
     from bnconform.gate import evaluate, rename_adapters
-    from bnconform.report import merge
+    from bnconform.resultset import merge
 
     baseline = rename_adapters(merge([records["tf_keras"]]), {records["tf_keras"].adapter: records["keras3"].adapter})
     result = evaluate(merge([records["keras3"]]), baseline=baseline)

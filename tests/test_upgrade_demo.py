@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bnconform.gate import evaluate
-from bnconform.report import load_and_merge
+from bnconform.resultset import load_and_merge
 
 RESULTS = Path(__file__).resolve().parents[1] / "reports" / "results"
 
