@@ -1,19 +1,26 @@
-"""Report: merging shards, baseline diff, summary, escaping, figures, CLI.
+"""Report: merging shards, baseline diff, summary, escaping, the page's data contract, figures, CLI.
 
 Fixtures: tests/data/report/{current,baseline}/*.jsonl (hand-written; see make_fixtures.py there).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from pydantic import ValidationError
+
 from bnconform import report
 from bnconform.cli import main
 from bnconform.report import diff, load_and_merge, merge, render, source_groups, summary
+from bnconform.report.contract import (FIGURES, AdapterInfo, BaselineCell, CaseInfo, Cell, ComparisonTable,
+                                       DivergenceInfo, OtherRecord, ReportData, Source)
 from bnconform.results import ResultRecord
 
 DATA = Path(__file__).parent / "data" / "report"
@@ -67,6 +74,15 @@ def test_merge_conflict_on_version_or_divergence_set_not_only_verdict():
 def test_merge_of_directories_and_files_is_the_same(current):
     files = load_and_merge(sorted(CURRENT.glob("*.jsonl")))
     assert {k: r.verdict for k, r in files.cells.items()} == {k: r.verdict for k, r in current.cells.items()}
+
+
+def test_gate_and_results_layer_import_no_html_code():
+    """The gate merges and diffs through the results layer; the report package (Jinja2, matplotlib) stays out."""
+    code = ("import sys, bnconform.gate, bnconform.resultset; "
+            "print(sorted(m for m in sys.modules if m.startswith(('bnconform.report', 'jinja2', 'matplotlib'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]"
 
 
 def test_missing_results_path_raises(tmp_path):
@@ -195,6 +211,74 @@ def test_html_has_header_matrix_views_and_merge_problems(html, current):
     assert "REGRESSION fp16-train on fw_x.BatchNorm" in html
 
 
+# ---------------------------------------------------------------- the page's data contract
+
+APP_JS = Path(report.__file__).resolve().parents[1] / "templates" / "app.js.j2"
+#: app.js.j2's names for data objects (its header comment) -> the contract model they hold.
+JS_NAMES = {"D": ReportData, "cell": Cell, "cs": CaseInfo, "ad": AdapterInfo, "dv": DivergenceInfo, "src": Source,
+            "other": OtherRecord, "was": BaselineCell, "row": ComparisonTable}
+
+
+def _embedded(html: str, block: str):
+    return json.loads(re.search(rf'<script type="application/json" id="{block}">(.*?)</script>', html, re.S).group(1))
+
+
+def test_embedded_data_validates_against_the_contract(html):
+    data = ReportData.model_validate(_embedded(html, "bn-data"))
+    assert len(data.cells) == 12 and len(data.adapters) == 3 and len(data.cases) == 5
+    by_cell = {(data.cases[c.case].id, data.adapters[c.adapter].name): c for c in data.cells}
+    # every matrix cell points at its data by index (data-i), with the same verdict
+    tds = re.findall(r'<td class="c [^"]*" data-i="(\d+)" data-v="([a-z_]+)"', html)
+    assert len(tds) >= 24 and all(data.cells[int(i)].verdict == v for i, v in tds)
+    quirk = by_cell[("ema-3steps", "fw_y.BN")]
+    assert quirk.verdict == "quirk" and data.divergences[quirk.divergences[0]].id == "biased-running-var"
+    table = quirk.comparisons
+    assert table.step == [0, 0, 1, 1, 2, 2] and table.observable[:2] == ["running_mean", "running_var"]
+    assert all(table.passed) and not all(quirk.canonical_comparisons.passed)
+    assert quirk.baseline == BaselineCell(verdict="conforms", divergences=[], framework_version="2.2")
+    assert by_cell[("eval-uses-running", "fw_x.functional")].baseline.verdict is None  # new cell
+    conflict = by_cell[("nhwc-train", "fw_x.BatchNorm")]
+    assert conflict.mark == "conflict" and [o.verdict for o in conflict.others] == ["conforms"]
+    assert by_cell[("eval-uses-running", "fw_y.BN")].comparisons is None
+    assert FIGURES.validate_python(_embedded(html, "bn-figs")) == {}
+
+
+def test_embedded_figures_validate_against_the_contract(current):
+    figs = {"ema-3steps": "<svg>a</svg>", "not-a-case": "<svg>b</svg>"}
+    html = render(current, figures=figs)
+    blocks = FIGURES.validate_python(_embedded(html, "bn-figs"))
+    data = ReportData.model_validate(_embedded(html, "bn-data"))
+    (index, svg), = blocks.items()  # keyed by case index; figures of unknown cases are dropped
+    assert data.cases[int(index)].id == "ema-3steps" and base64.b64decode(svg) == b"<svg>a</svg>"
+
+
+def test_contract_rejects_unknown_fields_and_ragged_comparison_tables():
+    with pytest.raises(ValidationError, match="columns of unequal length"):
+        ComparisonTable(step=[0, 1], op=["f"], observable=["output"], passed=[True], max_abs_err=[0.0],
+                        max_rel_err=[0.0], tol_at_worst=[1.0], ratio=[0.0], headroom=[None], message=[None])
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        ReportData.model_validate({"cases": [], "adapters": [], "divergences": [], "cells": [], "glyphs": {},
+                                   "plots_note": None, "rows": []})
+
+
+def test_every_contract_field_is_documented():
+    for model in {*JS_NAMES.values(), OtherRecord}:
+        assert model.__doc__
+        assert [n for n, f in model.model_fields.items() if not f.description] == [], model.__name__
+    assert "description" in ReportData.model_json_schema()["$defs"]["ComparisonTable"]["properties"]["ratio"]
+
+
+def test_page_script_reads_only_fields_of_the_contract():
+    """A field renamed on one side only would leave part of the drill-down empty: no browser error shows it."""
+    js = APP_JS.read_text(encoding="utf-8")
+    read = set(re.findall(r"\b(" + "|".join(JS_NAMES) + r")\.([A-Za-z_]\w*)", js))
+    unknown = sorted(f"{v}.{f}" for v, f in read if f not in JS_NAMES[v].model_fields)
+    assert not unknown, f"app.js.j2 reads fields the contract does not have: {unknown}"
+    assert {v for v, _ in read} == set(JS_NAMES)  # every name is in use, so the check covers the drill-down
+    # rows are read by field name, never by position
+    assert not re.search(r"\b(row|cell|r)\[\d+\]", js)
+
+
 def test_cli_report_with_baseline_and_summary(tmp_path, capsys):
     out, summ = tmp_path / "r" / "parity.html", tmp_path / "r" / "summary.json"
     rc = main(["report", str(CURRENT), "--out", str(out), "--summary", str(summ), "--baseline", str(BASELINE),
@@ -225,7 +309,7 @@ def test_figures_are_svg_cached_and_embedded(tmp_path, current, monkeypatch):
 
     def boom(_):
         raise AssertionError("redrawn although cached")
-    monkeypatch.setattr(report, "_render_figure", boom)
+    monkeypatch.setattr(report.figures, "_render_figure", boom)
     assert report.case_figures(current, tmp_path / "cache") == figs
     html = render(current, figures=figs)
     figs = json.loads(re.search(r'id="bn-figs">(.*?)</script>', html, re.S).group(1))
@@ -237,5 +321,5 @@ def test_figure_text_from_results_cannot_close_the_script_element():
     m = merge([rec(case="x", adapter="</script><script>alert(1)</script>",
                    comparisons=[{"step": 0, "op": "forward(train)", "observable": "running_var", "passed": True,
                                  "ratio": 0.5, "expected": [1.0, 2.0], "actual": [1.0, 2.0]}])])
-    svg = report._render_figure(report._figure_input("x", m.records))
+    svg = report.figures._render_figure(report.figures._figure_input("x", m.records))
     assert "</script" not in svg.lower() and "&lt;/script&gt;" in svg

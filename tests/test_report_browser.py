@@ -154,6 +154,16 @@ def test_report_in_chromium(page):
         assert d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", fig) > 100
     else:
         assert "plots unavailable" in text
+    # the comparison rows read by field name: against the canonical oracle (collapsed) running_var fails
+    assert d.execute_script("return document.querySelectorAll('#drill details table.cmp tr.bad').length") == 3
+    assert "duration\n0.01 s" in text and "framework\nfw_y 2.3" in text
+
+    # a conflicting cell lists the other shard's record; a cell new against the baseline says so
+    d.find_element(By.CSS_SELECTOR, '#m-theme tr.case[data-case="nhwc-train"] td.c.conflict').click()
+    assert "Conflict: this cell was also reported by another shard" in drill.text
+    assert "conflict: conforms (env fw_x, 1.0, darwin-arm64)" in drill.text
+    d.find_element(By.CSS_SELECTOR, '#m-theme tr.case[data-case="eval-uses-running"] td.c[data-fw="fw_x"][title*="functional"]').click()
+    assert "New cell: not in the baseline." in drill.text and "fw_x.functional" in drill.text
     assert _severe_console_errors(d) == []
 
     # the other views render

@@ -1,0 +1,80 @@
+"""The self-contained HTML parity report, built from merged result shards.
+
+One job per module:
+
+:mod:`.view`
+    the template's view model (matrices, summary views, header facts);
+:mod:`.contract`
+    the JSON the page script reads (pydantic models with every field documented);
+:mod:`.data`
+    fills that contract from merged records (and the rerun command of a cell);
+:mod:`.figures`
+    matplotlib figures per case as inline SVG, cached on disk, drawn by a process pool;
+:mod:`.render`
+    Jinja2 rendering (autoescape on) of ``bnconform/templates``.
+
+Merging and diffing are the results layer's (:mod:`bnconform.resultset`); the
+gate imports that, never this package. This module holds the entry point the
+CLI uses (:func:`write_report`) and the machine-readable :func:`summary`, and
+re-exports the names callers used when the report was one module.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..results import FAILING
+from ..resultset import (  # noqa: F401  (re-exported for callers of the old location)
+    CellChange, Diff, Merged, diff, divergence_ids, load_and_merge, merge, version_label)
+from .data import GLYPHS, rerun_command  # noqa: F401
+from .figures import case_figures, default_figure_cache
+from .render import render
+from .view import SEVERITY, build_context, source_groups, worst  # noqa: F401
+
+
+def summary(merged: Merged, baseline_diff: Diff | None = None) -> dict:
+    """Machine-readable summary for CI systems (``bnconform report --summary``)."""
+    out = {
+        "counts": dict(merged.counts()),
+        "cells": len(merged.cells),
+        "failing": [{"case": r.case_id, "adapter": r.adapter, "verdict": r.verdict, "reason": r.reason}
+                    for r in merged.records if r.verdict in FAILING],
+        "conflicts": [{"case": a.case_id, "adapter": a.adapter, "verdicts": [a.verdict, b.verdict],
+                       "envs": [a.env, b.env]} for a, b in merged.conflicts],
+        "duplicates": len(merged.duplicates),
+        "bad_lines": [str(b) for b in merged.bad_lines],
+    }
+    if baseline_diff is not None:
+        out["baseline_diff"] = baseline_diff.to_dict()
+    return out
+
+
+def write_report(paths: list[str | Path], out: str | Path, summary_path: str | Path | None = None,
+                 baseline: list[str | Path] | None = None, plots: bool = True,
+                 figure_cache: str | Path | None = None) -> tuple[Merged, Diff | None]:
+    """Read, merge, (diff), render; write the HTML (and the summary JSON if asked).
+
+    ``paths``/``baseline``: result files or directories of ``*.jsonl``
+    (``FileNotFoundError`` if one does not exist). ``figure_cache`` defaults to
+    ``$XDG_CACHE_HOME/bnconform/figures`` (``~/.cache/...``). Without matplotlib
+    the report is written without plots and says why.
+    """
+    merged = load_and_merge(paths)
+    base_diff = diff(load_and_merge(baseline), merged) if baseline else None
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figures, note = None, "plots were switched off (--no-plots)"
+    if plots:
+        try:
+            figures = case_figures(merged, figure_cache if figure_cache is not None else default_figure_cache())
+            note = None
+        except ImportError as exc:  # matplotlib is an optional dependency of the report
+            note = f"plots unavailable: {exc} (pip install matplotlib)"
+    label = ", ".join(map(str, baseline)) if baseline else None
+    out.write_text(render(merged, baseline_diff=base_diff, figures=figures, baseline_label=label, plots_note=note),
+                   encoding="utf-8")
+    if summary_path:
+        Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(summary_path).write_text(json.dumps(summary(merged, base_diff), indent=2), encoding="utf-8")
+    return merged, base_diff
