@@ -69,10 +69,14 @@ class BatchNormCUDA(_TorchModule):
         "bfloat16 always, float16 where cuDNN is not eligible: rank 2 or affine=false",
         lambda case: _half_backward(case) and not _cudnn_eligible(case)),)
 
-    def framework_version(self) -> str:
-        version = super().framework_version()
-        cudnn = self.torch.backends.cudnn.version() if self.torch.cuda.is_available() else None
-        return f"{version}, cuDNN {cudnn}" if cudnn else version
+    def framework_build(self) -> str | None:
+        """cuDNN version and device name (``framework_version`` stays torch's PEP 440 version)."""
+        if not self.torch.cuda.is_available():
+            return None
+        cudnn = self.torch.backends.cudnn.version()
+        parts = [f"CUDA {self.torch.version.cuda}", f"cuDNN {cudnn}" if cudnn else "no cuDNN",
+                 self.torch.cuda.get_device_name(0)]
+        return "; ".join(parts)
 
     def module_for(self, case) -> str:
         return MODULE_BY_RANK[len(case.input.shape)]

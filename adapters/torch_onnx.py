@@ -37,10 +37,13 @@ class _OnnxExport(TorchAdapter):
     dynamo = False
 
     def framework_version(self) -> str:
-        torch = importlib.import_module("torch")
+        """torch's PEP 440 version (the exporter is torch's); the runtime stack is :meth:`framework_build`."""
+        return str(importlib.import_module("torch").__version__)
+
+    def framework_build(self) -> str | None:
         ort = importlib.import_module("onnxruntime")
         onnx = importlib.import_module("onnx")
-        return f"{torch.__version__} (onnx {onnx.__version__}, onnxruntime {ort.__version__})"
+        return f"onnx {onnx.__version__}, onnxruntime {ort.__version__}"
 
     def capabilities(self, case: Case) -> str | None:
         reason = super().capabilities(case)

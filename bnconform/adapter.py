@@ -86,13 +86,21 @@ class Divergence:
         return self.when is None or bool(self.when(case))
 
     def applies_to(self, version: str) -> bool:
-        """Whether this divergence is documented for ``version`` of the framework."""
+        """Whether this divergence is documented for ``version`` of the framework.
+
+        Fails CLOSED: a divergence with a version range raises ``ValueError``
+        for a ``version`` that is not PEP 440 (build details belong in
+        ``Adapter.framework_build()``), instead of applying everywhere.
+        """
         if not self.versions:
             return True
         try:
-            return Version(version) in SpecifierSet(self.versions)
+            parsed = Version(version)
         except InvalidVersion:
-            return True
+            raise ValueError(f"framework version {version!r} is not a PEP 440 version, so divergence {self.id!r} "
+                             f"(versions {self.versions!r}) cannot be placed; report build details in "
+                             f"Adapter.framework_build()") from None
+        return parsed in SpecifierSet(self.versions)
 
     def to_dict(self) -> dict:
         return {"id": self.id, "kind": self.kind, "summary": self.summary, "source": self.source,
@@ -105,7 +113,8 @@ class Adapter:
 
     ``name``: row label in the report (e.g. ``"torch.nn.BatchNorm2d"``).
     ``framework``: the import name (``"torch"``); ``framework_version()``
-    imports it. ``device``: ``"cpu"`` or e.g. ``"cuda"``.
+    imports it and returns a PEP 440 version; ``framework_build()`` the rest.
+    ``device``: ``"cpu"`` or e.g. ``"cuda"``.
     """
 
     name: ClassVar[str] = ""
@@ -121,6 +130,13 @@ class Adapter:
         """
         module = importlib.import_module(self.framework)
         return str(getattr(module, "__version__", "unknown"))
+
+    def framework_build(self) -> str | None:
+        """Build and runtime details that are not part of the version (e.g.
+        ``"cuDNN 91900; NVIDIA H100"``, an exporter's runtime stack), or None.
+        Recorded as ``framework_build``; :meth:`framework_version` must stay a
+        PEP 440 version so divergence ranges can be evaluated."""
+        return None
 
     def available(self) -> str | None:
         """Reason this adapter cannot run on this machine at all (e.g. no CUDA

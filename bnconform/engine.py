@@ -21,13 +21,14 @@ Verdict rules (one vocabulary everywhere):
 from __future__ import annotations
 
 import copy
+import numbers
 import re
 import time
 import traceback
 
 from .adapter import Adapter, Divergence
 from .arrays import CaseArrays, generate
-from .catalogue import Case
+from .catalogue import OBSERVABLES, Case
 from .compare import compare, expectations_agree
 from .oracle import CANONICAL, Expectation, OracleUndefined, Profile, simulate
 from .results import ResultRecord, current_env
@@ -148,6 +149,9 @@ def run_cell(case: Case, adapter: Adapter, framework_version: str | None = None,
             return record("conforms", f"the oracle finds this case undefined ({canonical}) and the framework "
                                       f"rejects it: {type(exc).__name__}: {exc}")
         return record("error", _error_text(exc))
+    contract = _check_observations(observations)
+    if contract:
+        return record("error", contract)
     if isinstance(canonical, OracleUndefined) and isinstance(divergent, OracleUndefined):
         return record("fails", f"the oracle finds this case undefined ({canonical}) but the framework "
                                "returned values instead of raising")
@@ -171,6 +175,11 @@ def run_cell(case: Case, adapter: Adapter, framework_version: str | None = None,
         extra = dict(comparisons=dicts(judged), canonical_comparisons=dicts(canon_cmp))
     else:
         judged, against, extra = canon_cmp, "canonical oracle", dict(comparisons=dicts(canon_cmp))
+    if not judged:
+        # Nothing compared: no verdict about behaviour can be given (never `conforms`).
+        return record("unsupported", f"observes none of what this case checks (the case observes "
+                                     f"{', '.join(case.observe)}; the adapter can observe "
+                                     f"{', '.join(sorted(observable)) or 'nothing'})", **extra)
     failed = [c for c in judged if not c.passed]
     shown = manifest + expected_failures
     extra.update(not_observed=not_observed, divergences=[d.to_dict() for d in shown])
@@ -197,6 +206,23 @@ def run_cell(case: Case, adapter: Adapter, framework_version: str | None = None,
         return record("fails", f"behaviour changed: documented divergence(s) {names} no longer reproduce — "
                                f"the framework now matches the canonical oracle", **extra)
     return record("fails", _summarise(failed, against), **extra)
+
+
+def _check_observations(observations) -> str | None:
+    """Why ``observations`` (what ``Adapter.run`` returned) breaks the adapter
+    contract — not a dict keyed ``(int step_index, observable name)`` with
+    known observable names — or None. Values are checked per comparison. The
+    cell becomes ``error`` with this reason (never a crash of the run, never
+    mistaken for a framework rejecting an undefined case)."""
+    if not isinstance(observations, dict):
+        return (f"adapter contract: run() returned {type(observations).__name__}, expected a dict "
+                f"{{(step_index, observable): array}}")
+    bad = [k for k in observations if not (isinstance(k, tuple) and len(k) == 2 and isinstance(k[0], numbers.Integral)
+                                           and not isinstance(k[0], bool) and k[1] in OBSERVABLES)]
+    if bad:
+        return (f"adapter contract: run() returned unknown keys {bad[:5]!r} (keys are (step_index, observable) "
+                f"with observable one of {', '.join(OBSERVABLES)})")
+    return None
 
 
 def _summarise(failed, against: str) -> str:

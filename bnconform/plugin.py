@@ -45,6 +45,11 @@ if TYPE_CHECKING:
     from .results import ResultRecord, ResultsWriter
 
 ENTRY_POINT_GROUP = "bnconform.adapters"
+#: Per-run state (``config.stash``) and the record of a cell (``item.stash``).
+RECORDER = pytest.StashKey["Recorder"]()
+RECORD = pytest.StashKey["ResultRecord"]()
+#: Case ids collected so far in this process -> their file (duplicates across files are collection errors).
+SEEN_CASES = pytest.StashKey[dict]()
 
 
 @dataclass
@@ -55,6 +60,8 @@ class AdapterSpec:
     target: str
     framework: str
     required: bool
+    #: Given with ``--adapter`` (rerunning its cells needs the option again).
+    plugin: bool = False
 
 
 def pytest_addoption(parser):
@@ -100,17 +107,17 @@ def _select(config) -> tuple[list[AdapterSpec], dict[str, list[str]]]:
             for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
                 specs.append(AdapterSpec(ep.name, ep.value, "", True))
     for target in plugins:
-        specs.append(AdapterSpec(target, target, "", True))
+        specs.append(AdapterSpec(target, target, "", True, plugin=True))
     return specs, missing
 
 
 class _Loaded:
-    """Per-process cache of instantiated adapters and their framework versions."""
+    """Per-process cache of instantiated adapters with their framework version and build."""
 
     def __init__(self):
-        self._cache: dict[str, tuple[Adapter, str] | BaseException] = {}
+        self._cache: dict[str, tuple[Adapter, str, str | None] | BaseException] = {}
 
-    def get(self, spec: AdapterSpec) -> tuple[Adapter, str]:
+    def get(self, spec: AdapterSpec) -> tuple[Adapter, str, str | None]:
         if spec.target not in self._cache:
             from .adapter import load_adapter
 
@@ -121,7 +128,12 @@ class _Loaded:
             gc.disable()
             try:
                 adapter = load_adapter(spec.target)
-                self._cache[spec.target] = (adapter, adapter.framework_version())
+                version = adapter.framework_version()
+                try:
+                    build = adapter.framework_build()
+                except Exception as exc:  # noqa: BLE001 - a detail, never a reason to lose the cell
+                    build = f"framework_build() raised {exc!r}"
+                self._cache[spec.target] = (adapter, version, build)
             except Exception as exc:  # noqa: BLE001 - reported per cell
                 self._cache[spec.target] = exc
             finally:
@@ -133,10 +145,19 @@ class _Loaded:
         return value
 
 
+#: A cell node id: ``cases/<file>.yaml::<case id>[<adapter>]``.
+CELL_NODEID = re.compile(r"(.+\.ya?ml)::(.+?)\[(.+)\]")
+
+
 class Recorder:
-    """Per-run state, registered as a plugin: the selected adapters, the
-    per-process adapter cache, and (in the controlling process only) the
-    results writer and verdict counts."""
+    """Per-run state (kept in ``config.stash[RECORDER]``, registered as a plugin):
+    the selected adapters, the per-process adapter cache, and in the
+    controlling process of a catalogue run the shard writer and its manifest.
+
+    The shard is truncated and its ``run_start`` line written when the session
+    starts; ``collected`` follows collection; records are written as cells
+    finish; ``run_end`` says how the session ended (see :mod:`bnconform.results`).
+    """
 
     def __init__(self, config):
         self.config = config
@@ -145,6 +166,103 @@ class Recorder:
         self.worker = hasattr(config, "workerinput")
         self.writer: ResultsWriter | None = None
         self.counts: Counter = Counter()
+        self.written: set[str] = set()
+        self.versions: dict[str, str] = {}
+        self.started_at: dict[str, float] = {}
+        self.collection_errors: dict[str, str] = {}
+        self.collected = None
+        self.timeout = _timeout(config)
+        self.timeout_method = _timeout_method(config)
+
+    # ---------------------------------------------------------------- manifest
+
+    def pytest_sessionstart(self, session):
+        if self.worker or self.config.option.collectonly or not _catalogue_run(self.config):
+            return
+        from .results import ResultsWriter, RunStart, catalogue_digest, catalogue_dirs, current_env, now
+
+        root = Path(self.config.rootpath)
+        dirs = catalogue_dirs(root / "cases")
+        opt = self.config.option
+        selection = {
+            "args": [str(a) for a in self.config.invocation_params.args],
+            "paths": [str(a) for a in self.config.args],
+            "keyword": getattr(opt, "keyword", "") or "",
+            "markexpr": getattr(opt, "markexpr", "") or "",
+            "deselect": list(getattr(opt, "deselect", None) or []),
+            "frameworks": sorted({s.framework for s in self.specs if s.required and s.framework}),
+            "adapters": list(self.config.getoption("adapter")),
+            "adapter_names": [s.name for s in self.specs],
+            "require_device": bool(self.config.getoption("require_device")),
+            "timeout": self.timeout,
+            "timeout_method": self.timeout_method,
+            "workers": getattr(opt, "numprocesses", None),
+        }
+        self.writer = ResultsWriter(_results_path(self.config))
+        self.writer.write(RunStart(env=current_env(), started=now(), suite_commit=os.environ.get("BNCONFORM_COMMIT"),
+                                   catalogue_digest=catalogue_digest(dirs),
+                                   catalogue_dirs=[d.relative_to(root).as_posix() for d in dirs],
+                                   selection=selection))
+
+    def pytest_collection_finish(self, session):
+        self._collected([item.nodeid for item in session.items if isinstance(item, CellItem)])
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node, ids):
+        self._collected([i for i in ids if CELL_NODEID.fullmatch(i)])
+
+    def _collected(self, cells: list[str]) -> None:
+        if self.writer is None or self.collected is not None:
+            return
+        from .catalogue import load_catalogue
+        from .results import Collected
+
+        root = Path(self.config.rootpath)
+        cat = load_catalogue([root / "cases"], root) if (root / "cases").is_dir() else None
+        full = [f"{c.file}::{c.id}[{s.name}]" for c in (cat.cases if cat else []) for s in self.specs]
+        chosen = set(cells)
+        not_selected = [n for n in full if n not in chosen]
+        partial = bool(not_selected) or not full
+        self.collected = Collected(cells=cells, full=len(full), partial=partial, not_selected=not_selected[:50],
+                                   not_selected_count=len(not_selected),
+                                   catalogue_errors=[str(e) for e in (cat.errors if cat else [])])
+        self.writer.write(self.collected)
+
+    def pytest_collectreport(self, report):
+        if not self.worker and report.failed:
+            self.collection_errors.setdefault(report.nodeid or "?", str(report.longrepr).splitlines()[-1][:500]
+                                              if report.longrepr else "collection failed")
+
+    def pytest_runtest_logstart(self, nodeid, location):
+        self.started_at[nodeid] = time.monotonic()
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session, exitstatus):
+        if self.writer is None:
+            return
+        from .results import RunEnd, now
+
+        detail = None
+        if self.collection_errors:
+            how = "collection_error"
+            detail = "; ".join(f"{k}: {v}" for k, v in list(self.collection_errors.items())[:5])
+        elif exitstatus == pytest.ExitCode.INTERRUPTED or session.shouldstop or session.shouldfail:
+            how = "interrupted"
+            detail = str(session.shouldstop or session.shouldfail or "interrupted (KeyboardInterrupt / SIGINT)")
+        elif exitstatus == pytest.ExitCode.INTERNAL_ERROR:
+            how = "crashed"
+            detail = "pytest internal error"
+        else:
+            how = "complete"
+        self.writer.write(RunEnd(how=how, detail=detail, exitstatus=int(exitstatus), ended=now(),
+                                 records=len(self.written),
+                                 collection_errors=[f"{k}: {v}" for k, v in self.collection_errors.items()],
+                                 framework_versions=self.versions))
+        self.writer.close()
+        self.writer = None
+        self._ended = how
+
+    # ---------------------------------------------------------------- records
 
     def pytest_runtest_logreport(self, report):
         if self.worker:
@@ -158,36 +276,53 @@ class Recorder:
                 self._write(data)
 
     def _write(self, data: dict) -> None:
-        if self.writer is None:
-            from .results import ResultsWriter
-
-            self.writer = ResultsWriter(_results_path(self.config))
+        if self.writer is None:  # not a catalogue run, or --collect-only: nothing is written
+            return
+        if data.get("nodeid") in self.written:  # exactly one record per cell
+            return
         self.writer.write(data)
+        self.written.add(data.get("nodeid"))
         self.counts[data["verdict"]] += 1
+        build = data.get("framework_build")
+        self.versions[data["adapter"]] = data["framework_version"] + (f" ({build})" if build else "")
 
     def _crash_record(self, report) -> dict | None:
-        """An ``error`` record for a cell whose worker crashed (abort, segfault, hard timeout)."""
+        """An ``error`` record for a cell whose worker died: stopped by the timeout
+        (thread method: the cell ran at least ``--timeout`` seconds) or crashed
+        (abort, segfault)."""
         from .adapter import load_adapter
         from .catalogue import CatalogueError, load_file
         from .engine import error_record
+        from .results import ResultRecord, current_env
 
-        match = re.fullmatch(r"(.+\.yaml)::(.+?)\[(.+)\]", report.nodeid)
+        match = CELL_NODEID.fullmatch(report.nodeid)
         if not match:
             return None
         path, case_id, spec_name = match.groups()
         spec = next((s for s in self.specs if s.name == spec_name), None)
-        try:
-            case = next(c for c in load_file(Path(self.config.rootpath) / path, self.config.rootpath) if c.id == case_id)
-        except (CatalogueError, StopIteration):
-            return None
+        elapsed = time.monotonic() - self.started_at.get(report.nodeid, time.monotonic())
+        if self.timeout and elapsed >= self.timeout and self.timeout_method != "signal":
+            message = (f"timed out: the cell ran {elapsed:.0f} s, over --timeout {self.timeout:g} s; pytest-timeout "
+                       f"(thread method) stopped the process running it")
+        else:
+            message = f"the process running this cell crashed: {str(report.longrepr)[-1500:]}"
         name, framework, device = spec_name, spec.framework if spec else "", "cpu"
         try:
             adapter = load_adapter(spec.target)  # instantiation only; the framework is not imported
             name, framework, device = adapter.name, adapter.framework, adapter.device
         except Exception:  # noqa: BLE001
             pass
-        message = f"the process running this cell crashed: {str(report.longrepr)[-1500:]}"
-        return error_record(case, name, framework, "unknown", message, device, report.nodeid).model_dump(mode="json")
+        plugin = spec.target if spec is not None and spec.plugin else None
+        try:
+            case = next(c for c in load_file(Path(self.config.rootpath) / path, self.config.rootpath) if c.id == case_id)
+        except (CatalogueError, StopIteration):
+            # The case file changed under the run: still one record for the cell.
+            return ResultRecord(case_id=case_id, case_file=path, theme="?", title="?", behaviour="?", adapter=name,
+                                framework=framework, framework_version="unknown", device=device, verdict="error",
+                                reason=message, env=current_env(), nodeid=report.nodeid,
+                                plugin_adapter=plugin).model_dump(mode="json")
+        rec = error_record(case, name, framework, "unknown", message, device, report.nodeid, elapsed)
+        return rec.model_copy(update={"plugin_adapter": plugin}).model_dump(mode="json")
 
     def pytest_unconfigure(self, config):
         if self.writer is not None:
@@ -201,10 +336,57 @@ class Recorder:
             tr.section("bnconform: frameworks NOT installed here (their adapters did not run)", yellow=True, bold=True)
             for fw, names in sorted(self.missing.items()):
                 tr.write_line(f"  {fw}: {', '.join(names)}")
-        if self.counts:
+        if self.counts or self.collected is not None:
             tr.section("bnconform verdicts")
             tr.write_line("  " + ", ".join(f"{v} {n}" for v, n in sorted(self.counts.items())))
             tr.write_line(f"  records: {_results_path(config)}")
+            if self.collected is not None and self.collected.partial:
+                tr.write_line(f"  PARTIAL run: {len(self.collected.cells)} of {self.collected.full} cells of the "
+                              f"selected adapters were selected; `bnconform gate` refuses this shard unless "
+                              f"--allow-partial", yellow=True)
+            ended = getattr(self, "_ended", None)
+            if ended and ended != "complete":
+                tr.write_line(f"  run ended {ended}: `bnconform gate` refuses this shard", red=True)
+
+
+def _timeout(config) -> float | None:
+    """pytest-timeout's per-test timeout of this run (None where none is set)."""
+    value = getattr(config.option, "timeout", None)
+    if value is None:
+        try:
+            value = config.getini("timeout")
+        except (ValueError, KeyError):
+            value = None
+    try:
+        return float(value) if value not in (None, "") and float(value) > 0 else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _timeout_method(config) -> str | None:
+    """pytest-timeout's method of this run ("signal" or "thread"; None when unknown)."""
+    value = getattr(config.option, "timeout_method", None)
+    if not value:
+        try:
+            value = config.getini("timeout_method")
+        except (ValueError, KeyError):
+            value = None
+    return value or None
+
+
+def _catalogue_run(config) -> bool:
+    """Whether this session runs the conformance matrix (then it writes a shard):
+    ``--framework``/``--adapter`` given, or a path under (or containing) ``cases/``.
+    ``pytest tests`` (the suite's own tests) writes nothing."""
+    if config.getoption("framework") or config.getoption("adapter"):
+        return True
+    base = Path(config.invocation_params.dir)
+    for arg in config.args:
+        p = Path(str(arg).split("::")[0])
+        p = (p if p.is_absolute() else base / p).resolve()
+        if "cases" in p.parts or (p / "cases").is_dir():
+            return True
+    return False
 
 
 def _suite_commit(root: Path) -> str | None:
@@ -223,8 +405,8 @@ def pytest_configure(config):
         commit = _suite_commit(Path(config.rootpath))
         if commit:
             os.environ["BNCONFORM_COMMIT"] = commit
-    config._bnconform = Recorder(config)
-    config.pluginmanager.register(config._bnconform, "bnconform-recorder")
+    config.stash[RECORDER] = Recorder(config)
+    config.pluginmanager.register(config.stash[RECORDER], "bnconform-recorder")
 
 
 def _share_cores_between_workers(config) -> None:
@@ -266,10 +448,15 @@ class CatalogueFile(pytest.File):
     """A catalogue file: one item per (case, adapter)."""
 
     def collect(self):
-        from .catalogue import load_file
+        from .catalogue import CatalogueError, load_file
 
         cases = load_file(self.path, self.config.rootpath)
-        specs = self.config._bnconform.specs
+        seen = self.config.stash.setdefault(SEEN_CASES, {})
+        for case in cases:  # the report and the gate key cells by case id: it must be unique
+            first = seen.setdefault(case.id, case.file)
+            if first != case.file:
+                raise CatalogueError(case.file, f"duplicate case id (first in {first})", case.id, "id")
+        specs = self.config.stash[RECORDER].specs
         for case in cases:
             for spec in specs:
                 yield CellItem.from_parent(self, name=f"{case.id}[{spec.name}]", case=case, spec=spec)
@@ -281,54 +468,81 @@ class CatalogueFile(pytest.File):
             return f"invalid catalogue: {excinfo.value}"
         return super().repr_failure(excinfo, style)
 
-    # Keep catalogue errors readable in the collection report too.
-    def _repr_failure_py(self, excinfo, style=None):  # pragma: no cover - pytest internals
-        from .catalogue import CatalogueError
-
-        if isinstance(excinfo.value, CatalogueError):
-            return f"invalid catalogue: {excinfo.value}"
-        return super()._repr_failure_py(excinfo, style)
-
 
 class CellFailure(Exception):
     """A cell whose verdict fails the gate."""
 
 
 class CellItem(pytest.Item):
-    """One (case, adapter) conformance cell."""
+    """One (case, adapter) conformance cell. Whatever the adapter does, the
+    cell gets exactly one record (``item.stash[RECORD]``), shipped to the
+    controlling process in its test report."""
 
     def __init__(self, *, case: Case, spec: AdapterSpec, **kwargs):
         super().__init__(**kwargs)
         self.case, self.spec = case, spec
         self.add_marker("bnconform_cell")
-        self.record: ResultRecord | None = None
+
+    @property
+    def record(self) -> ResultRecord | None:
+        return self.stash.get(RECORD, None)
+
+    def _keep(self, record: ResultRecord) -> ResultRecord:
+        if self.spec.plugin:
+            record = record.model_copy(update={"plugin_adapter": self.spec.target})
+        self.stash[RECORD] = record
+        return record
+
+    def _plain(self, verdict: str, reason: str, adapter: Adapter | None = None, version: str = "unknown",
+               build: str | None = None) -> ResultRecord:
+        from .engine import case_fields
+        from .results import ResultRecord, current_env
+
+        return self._keep(ResultRecord(
+            **case_fields(self.case), adapter=adapter.name if adapter else self.spec.name,
+            framework=adapter.framework if adapter else (self.spec.framework or "?"), framework_version=version,
+            framework_build=build, device=adapter.device if adapter else "?", env=current_env(),
+            nodeid=self.nodeid, verdict=verdict, reason=reason))
 
     def runtest(self):
         try:
-            adapter, version = self.config._bnconform.loaded.get(self.spec)
+            adapter, version, build = self.config.stash[RECORDER].loaded.get(self.spec)
         except Exception as exc:  # noqa: BLE001
+            what = f"framework {self.spec.framework or '?'} failed to load: {type(exc).__name__}: {exc}"
             if not self.spec.required:
+                self._plain("unsupported", f"adapter {self.spec.name} unavailable here: {what} "
+                                           f"(not required: no --framework {self.spec.framework})")
                 pytest.skip(f"adapter {self.spec.name} unavailable: {exc!r}")
-            raise CellFailure(f"adapter {self.spec.name}: framework {self.spec.framework or '?'} "
-                              f"failed to load: {type(exc).__name__}: {exc}") from exc
-        from .engine import error_record, run_cell
+            self._plain("error", f"adapter {self.spec.name}: {what}")
+            raise CellFailure(f"adapter {self.spec.name}: {what}") from exc
+        from .engine import _error_text, error_record, run_cell
         from .results import FAILING
 
         why_not = adapter.available()
         if why_not:
             if self.config.getoption("require_device"):
+                self._plain("error", f"cannot run on this machine (--require-device): {why_not}", adapter, version,
+                            build)
                 raise CellFailure(f"adapter {adapter.name} cannot run here (--require-device): {why_not}")
+            self._plain("unsupported", f"not available on this machine: {why_not}", adapter, version, build)
             pytest.skip(f"{adapter.name}: {why_not}")
         start = time.perf_counter()
         try:
-            self.record = run_cell(self.case, adapter, version, nodeid=self.nodeid)
+            record = run_cell(self.case, adapter, version, nodeid=self.nodeid)
         except pytest.fail.Exception as exc:  # pytest-timeout's signal method lands here
-            self.record = error_record(self.case, adapter.name, adapter.framework, version,
-                                       f"did not finish: {exc}", adapter.device, self.nodeid,
-                                       time.perf_counter() - start)
+            self._keep(error_record(self.case, adapter.name, adapter.framework, version,
+                                    f"timed out: {exc}", adapter.device, self.nodeid,
+                                    time.perf_counter() - start).model_copy(update={"framework_build": build}))
             raise
-        if self.record.verdict in FAILING:
-            raise CellFailure(f"{self.record.verdict}: {self.record.reason}")
+        except Exception as exc:  # noqa: BLE001 - a bnconform or adapter-contract failure: still a record
+            self._keep(error_record(self.case, adapter.name, adapter.framework, version,
+                                    f"bnconform could not judge this cell: {_error_text(exc)}", adapter.device,
+                                    self.nodeid, time.perf_counter() - start
+                                    ).model_copy(update={"framework_build": build}))
+            raise CellFailure(f"error: bnconform could not judge this cell: {type(exc).__name__}: {exc}") from exc
+        record = self._keep(record.model_copy(update={"framework_build": build}))
+        if record.verdict in FAILING:
+            raise CellFailure(f"{record.verdict}: {record.reason}")
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, CellFailure):
@@ -343,5 +557,13 @@ class CellItem(pytest.Item):
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
-    if isinstance(item, CellItem) and call.when == "call" and getattr(item, "record", None) is not None:
+    if not isinstance(item, CellItem) or call.when != "call":
+        return
+    if item.record is None and call.excinfo is not None and not call.excinfo.errisinstance(KeyboardInterrupt):
+        from .engine import error_record
+
+        # Anything the cell raised past runtest's handlers (SystemExit from an adapter, ...).
+        item._keep(error_record(item.case, item.spec.name, item.spec.framework or "?", "unknown",
+                                f"the cell raised {call.excinfo.typename}: {call.excinfo.value}", "?", item.nodeid))
+    if item.record is not None:
         outcome.get_result().bnconform_record = item.record.model_dump_json()

@@ -1,4 +1,16 @@
-"""Result records: one JSON line per (case, adapter) cell.
+"""Result records: one JSON line per (case, adapter) cell, framed by a run manifest.
+
+A shard (``reports/results/<env>.jsonl``) written by the pytest plugin reads::
+
+    {"kind": "run_start", ...}      # written (file truncated) when the session starts
+    {"kind": "collected", ...}      # the cell node ids collected, the full matrix size
+    {...record...}                  # one per cell, flushed per line
+    {"kind": "run_end", "how": "complete" | "interrupted" | "crashed" | "collection_error", ...}
+
+A shard without its ``run_end`` line belongs to a run that was killed (or is
+still running); a shard whose first line is not ``run_start`` was written
+before manifests existed (*legacy*). :func:`read_shards` returns each file with
+its manifest; the gate (:mod:`bnconform.gate`) judges completeness from it.
 
 Records are written by ONE process (the pytest controller, also under xdist)
 as complete lines, flushed per line, so a crash never leaves a half record of
@@ -8,10 +20,12 @@ reports bad lines by file and line number instead of giving up.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
 import sys
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -42,6 +56,9 @@ class ResultRecord(BaseModel):
     adapter: str
     framework: str
     framework_version: str
+    #: Build and runtime details that are not the version (cuDNN, CUDA, device, exporter stack):
+    #: ``Adapter.framework_build()``; ``framework_version`` stays a PEP 440 version.
+    framework_build: str | None = None
     device: str = "cpu"
     verdict: Verdict
     reason: str | None = None
@@ -57,6 +74,9 @@ class ResultRecord(BaseModel):
     nodeid: str | None = None
     #: bnconform commit that produced the record ($BNCONFORM_COMMIT, set by the pytest plugin).
     commit: str | None = Field(default_factory=lambda: os.environ.get("BNCONFORM_COMMIT") or None)
+    #: ``--adapter`` target of a plug-in adapter (None for built-in and entry-point adapters):
+    #: rerunning the cell needs it on the command line.
+    plugin_adapter: str | None = None
 
     @property
     def cell(self) -> tuple[str, str]:
@@ -69,16 +89,116 @@ def current_env() -> str:
     return os.environ.get("BNCONFORM_ENV", "local")
 
 
+MANIFEST_VERSION = 1
+#: How a run ended (``run_end.how``); a shard without ``run_end`` is *incomplete*.
+RunEnding = Literal["complete", "interrupted", "crashed", "collection_error"]
+
+
+class _Line(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    manifest_version: int = MANIFEST_VERSION
+
+
+class RunStart(_Line):
+    """First line of a shard: what this run is (written before anything is collected)."""
+
+    kind: Literal["run_start"] = "run_start"
+    env: str
+    started: str
+    suite_commit: str | None = None
+    #: :func:`catalogue_digest` of ``catalogue_dirs`` (relative to the rootdir) at the start.
+    catalogue_digest: str
+    catalogue_dirs: list[str] = Field(default_factory=list)
+    #: The selection: ``args`` (paths / node ids), ``keyword`` (-k), ``markexpr`` (-m),
+    #: ``frameworks`` (--framework), ``adapters`` (--adapter), ``require_device``, ``timeout``.
+    selection: dict = Field(default_factory=dict)
+    python: str = Field(default_factory=lambda: platform.python_version())
+    platform: str = Field(default_factory=lambda: f"{sys.platform}-{platform.machine()}")
+
+
+class Collected(_Line):
+    """What was collected: ``cells`` (node ids) against the ``full`` matrix of the
+    selected adapters over the whole catalogue; ``partial`` when they differ."""
+
+    kind: Literal["collected"] = "collected"
+    cells: list[str]
+    full: int
+    partial: bool
+    #: Cells of the full matrix not collected (first 50) and their count.
+    not_selected: list[str] = Field(default_factory=list)
+    not_selected_count: int = 0
+    catalogue_errors: list[str] = Field(default_factory=list)
+
+
+class RunEnd(_Line):
+    """Last line of a shard: how the run ended."""
+
+    kind: Literal["run_end"] = "run_end"
+    how: RunEnding
+    detail: str | None = None
+    exitstatus: int
+    ended: str
+    records: int
+    collection_errors: list[str] = Field(default_factory=list)
+    #: {adapter: "version (build)"} of the records written.
+    framework_versions: dict[str, str] = Field(default_factory=dict)
+
+
+MANIFEST_KINDS = {"run_start": RunStart, "collected": Collected, "run_end": RunEnd}
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def catalogue_digest(dirs: list[str | Path]) -> str:
+    """``sha256:<hex>`` over the catalogue files (``*.yaml``/``*.yml``) under ``dirs``.
+
+    Each file contributes its path relative to its directory's parent (e.g.
+    ``cases/training.yaml``; ``expectations/torch.yaml`` where such a directory
+    is passed) and its bytes, in sorted order, so two checkouts of the same
+    catalogue agree wherever they live. A directory that does not exist adds
+    its name only (the digest still differs from one where it exists).
+    """
+    h = hashlib.sha256()
+    for d in sorted(map(Path, dirs), key=lambda p: p.name):
+        h.update(f"dir {d.name}\0".encode())
+        if not d.is_dir():
+            continue
+        for f in sorted(p for p in d.rglob("*") if p.is_file() and p.suffix in (".yaml", ".yml")):
+            rel = f.relative_to(d.parent).as_posix()
+            data = f.read_bytes()
+            h.update(f"file {rel} {len(data)}\0".encode())
+            h.update(data)
+    return "sha256:" + h.hexdigest()
+
+
+def catalogue_dirs(cases: str | Path) -> list[Path]:
+    """The directories a catalogue digest covers: ``cases`` and, where it exists,
+    the sibling ``expectations/`` (expected divergences kept as data)."""
+    cases = Path(cases)
+    dirs = [cases]
+    if (cases.parent / "expectations").is_dir():
+        dirs.append(cases.parent / "expectations")
+    return dirs
+
+
 class ResultsWriter:
-    """Append records to a JSON-lines file, one flushed line per record."""
+    """Write a JSON-lines file, one flushed line per record or manifest line.
+
+    ``truncate`` (default) empties the file at once: a run replaces the shard
+    of the previous one from its first moment, so an old shard can never pass
+    for the output of a run that then produced nothing.
+    """
 
     def __init__(self, path: str | Path, truncate: bool = True):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.path, "w" if truncate else "a", encoding="utf-8")
 
-    def write(self, record: ResultRecord | dict) -> None:
-        data = record.model_dump(mode="json") if isinstance(record, ResultRecord) else record
+    def write(self, record: BaseModel | dict) -> None:
+        data = record.model_dump(mode="json") if isinstance(record, BaseModel) else record
         self._fh.write(json.dumps(data, allow_nan=False, sort_keys=True) + "\n")
         self._fh.flush()
 
@@ -97,41 +217,135 @@ class BadLine(BaseModel):
         return f"{self.file}:{self.line}: {self.message}"
 
 
-def read_results(paths: list[str | Path]) -> tuple[list[ResultRecord], list[BadLine]]:
-    """Read records from files or directories (``*.jsonl`` inside).
+@dataclass
+class Shard:
+    """One results file: its records and its run manifest.
 
-    Never raises for bad content: truncated JSON, unknown schema versions and
-    invalid records come back as :class:`BadLine` entries, the rest as records.
-    Raises ``FileNotFoundError`` if a named path does not exist.
+    ``start``/``collected``/``end`` are None where the line is missing:
+    ``start`` None = a legacy shard (no manifest); ``end`` None = the run
+    never finished writing (killed, crashed, or still running).
+    ``structure`` lists framing problems (manifest lines out of place).
     """
+
+    file: str
+    records: list[ResultRecord] = field(default_factory=list)
+    bad_lines: list[BadLine] = field(default_factory=list)
+    start: RunStart | None = None
+    collected: Collected | None = None
+    end: RunEnd | None = None
+    structure: list[str] = field(default_factory=list)
+
+    @property
+    def legacy(self) -> bool:
+        return self.start is None
+
+    @property
+    def complete(self) -> bool:
+        return self.end is not None and self.end.how == "complete"
+
+    def missing_records(self) -> list[str]:
+        """Collected cell node ids with no record."""
+        if self.collected is None:
+            return []
+        have = {r.nodeid for r in self.records}
+        return [c for c in self.collected.cells if c not in have]
+
+    def status(self) -> str | None:
+        """One line on why this shard is not a complete run (None when it is)."""
+        if self.legacy:
+            return "no run manifest (written before bnconform recorded them): completeness unknown"
+        if self.end is None:
+            return "the run never finished (no run_end line: killed, crashed, or still running)"
+        if self.end.how != "complete":
+            return f"the run ended {self.end.how}" + (f": {self.end.detail}" if self.end.detail else "")
+        missing = self.missing_records()
+        if missing:
+            return f"{len(missing)} collected cell(s) have no record"
+        return None
+
+
+def _files(paths: list[str | Path]) -> list[Path]:
     files: list[Path] = []
     for p in map(Path, paths):
         if not p.exists():
             raise FileNotFoundError(f"results path {p} does not exist")
         files.extend(sorted(p.glob("*.jsonl")) if p.is_dir() else [p])
+    return files
+
+
+def read_shards(paths: list[str | Path]) -> list[Shard]:
+    """Read shards from files or directories (``*.jsonl`` inside), one per file.
+
+    Never raises for bad content: truncated JSON, unknown schema versions and
+    invalid records come back as :class:`BadLine` entries, misplaced manifest
+    lines in ``Shard.structure``. Raises ``FileNotFoundError`` if a named path
+    does not exist.
+    """
+    return [_read_shard(f) for f in _files(paths)]
+
+
+def read_results(paths: list[str | Path]) -> tuple[list[ResultRecord], list[BadLine]]:
+    """Records and bad lines of every shard under ``paths`` (see :func:`read_shards`)."""
     records, bad = [], []
-    for f in files:
-        with open(f, encoding="utf-8", errors="replace") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
+    for shard in read_shards(paths):
+        records += shard.records
+        bad += shard.bad_lines
+    return records, bad
+
+
+def _read_shard(f: Path) -> Shard:
+    shard = Shard(file=str(f))
+    records, bad = shard.records, shard.bad_lines
+    first = True
+    with open(f, encoding="utf-8", errors="replace") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            is_first, first = first, False
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as exc:
+                bad.append(BadLine(file=str(f), line=n, message=f"not JSON ({exc.msg}); truncated write?"))
+                continue
+            if not isinstance(data, dict):
+                bad.append(BadLine(file=str(f), line=n, message="not a JSON object"))
+                continue
+            kind = data.get("kind")
+            if kind is not None:
+                model = MANIFEST_KINDS.get(kind)
+                if model is None:
+                    bad.append(BadLine(file=str(f), line=n, message=f"unknown line kind {kind!r}"))
                     continue
                 try:
-                    data = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    bad.append(BadLine(file=str(f), line=n, message=f"not JSON ({exc.msg}); truncated write?"))
-                    continue
-                if not isinstance(data, dict):
-                    bad.append(BadLine(file=str(f), line=n, message="not a JSON object"))
-                    continue
-                version = data.get("schema_version")
-                if version != SCHEMA_VERSION:
-                    bad.append(BadLine(file=str(f), line=n,
-                                       message=f"schema_version {version!r}, this bnconform reads {SCHEMA_VERSION}"))
-                    continue
-                try:
-                    records.append(ResultRecord.model_validate(data))
+                    item = model.model_validate(data)
                 except ValidationError as exc:
                     e = exc.errors()[0]
                     bad.append(BadLine(file=str(f), line=n,
-                                       message=f"field {'.'.join(map(str, e['loc']))}: {e['msg']}"))
-    return records, bad
+                                       message=f"{kind} field {'.'.join(map(str, e['loc']))}: {e['msg']}"))
+                    continue
+                slot = kind.removeprefix("run_")
+                if kind == "run_start" and not is_first:
+                    shard.structure.append(f"{f}:{n}: run_start is not the first line (two runs in one file?)")
+                elif getattr(shard, slot) is not None:
+                    shard.structure.append(f"{f}:{n}: a second {kind} line")
+                elif kind != "run_start" and shard.start is None:
+                    shard.structure.append(f"{f}:{n}: {kind} without run_start")
+                elif shard.end is not None:
+                    shard.structure.append(f"{f}:{n}: {kind} after run_end")
+                if getattr(shard, slot) is None:
+                    setattr(shard, slot, item)
+                continue
+            if shard.end is not None:
+                shard.structure.append(f"{f}:{n}: record after run_end")
+            version = data.get("schema_version")
+            if version != SCHEMA_VERSION:
+                bad.append(BadLine(file=str(f), line=n,
+                                   message=f"schema_version {version!r}, this bnconform reads {SCHEMA_VERSION}"))
+                continue
+            try:
+                records.append(ResultRecord.model_validate(data))
+            except ValidationError as exc:
+                e = exc.errors()[0]
+                bad.append(BadLine(file=str(f), line=n,
+                                   message=f"field {'.'.join(map(str, e['loc']))}: {e['msg']}"))
+    return shard

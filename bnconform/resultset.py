@@ -19,7 +19,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .results import FAILING, BadLine, ResultRecord, read_results
+from .results import FAILING, BadLine, ResultRecord, Shard, read_shards
 
 # --------------------------------------------------------------------------- merge
 
@@ -31,6 +31,8 @@ class Merged:
     duplicates: list[tuple[ResultRecord, ResultRecord]] = field(default_factory=list)
     conflicts: list[tuple[ResultRecord, ResultRecord]] = field(default_factory=list)
     bad_lines: list[BadLine] = field(default_factory=list)
+    #: The files read, with their run manifests (empty when merged from bare records).
+    shards: list[Shard] = field(default_factory=list)
 
     @property
     def records(self) -> list[ResultRecord]:
@@ -87,9 +89,12 @@ def merge(records: list[ResultRecord], bad_lines: list[BadLine] | None = None) -
 
 
 def load_and_merge(paths: list[str | Path]) -> Merged:
-    """Read result files/directories and merge them (bad lines are kept, not fatal)."""
-    records, bad = read_results(paths)
-    return merge(records, bad)
+    """Read result files/directories and merge them (bad lines are kept, not fatal;
+    each file's run manifest is kept in ``Merged.shards``)."""
+    shards = read_shards(paths)
+    out = merge([r for s in shards for r in s.records], [b for s in shards for b in s.bad_lines])
+    out.shards = shards
+    return out
 
 
 # --------------------------------------------------------------------------- diff

@@ -7,9 +7,8 @@ import pytest
 from bnconform import cli
 from bnconform.catalogue import load_catalogue
 from bnconform.engine import run_cell
-from bnconform.results import ResultsWriter
-
 from .numpy_bn import MutantBiasedRunningVar, NumpyBatchNorm
+from .shards import write_shard
 from .test_engine import QuirkyBiased
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,7 +16,7 @@ CASES = [c for c in load_catalogue([ROOT / "cases" / "training.yaml"], ROOT).cas
 
 
 def shard(tmp_path: Path, name: str, adapter, version="1.0", rename=None, framework=None) -> Path:
-    w = ResultsWriter(tmp_path / f"{name}.jsonl")
+    records = []
     for case in CASES:
         r = run_cell(case, adapter, version)
         upd = {}
@@ -25,9 +24,8 @@ def shard(tmp_path: Path, name: str, adapter, version="1.0", rename=None, framew
             upd["adapter"] = rename
         if framework:
             upd["framework"] = framework
-        w.write(r.model_copy(update=upd))
-    w.close()
-    return tmp_path / f"{name}.jsonl"
+        records.append(r.model_copy(update=upd))
+    return write_shard(tmp_path / f"{name}.jsonl", records)
 
 
 def run_gate(*args) -> tuple[int, str]:
@@ -84,10 +82,11 @@ def test_required_framework_missing_or_fully_unsupported_fails(tmp_path):
 def test_removed_cells_and_corrupt_results_fail(tmp_path):
     old = shard(tmp_path, "old", NumpyBatchNorm())
     new = tmp_path / "new.jsonl"
-    new.write_text("\n".join(old.read_text().splitlines()[:-1]) + "\n{truncated")
+    new.write_text("\n".join(old.read_text().splitlines()[:-2]) + "\n{truncated")  # last record and run_end lost
     code, out = run_gate(new, "--baseline", old)
     assert code == 1
     assert "case removed since the baseline" in out and "unreadable result line" in out
+    assert "incomplete: the run never finished" in out and "1 of 6 collected cell(s) have no record" in out
 
 
 def test_map_adapter_compares_across_apis(tmp_path):
