@@ -65,16 +65,39 @@ def _num(v, digits: int = 4):
 
 
 def rerun_command(r: ResultRecord) -> str | None:
-    """``tox -e ENV -- "NODEID"`` (shell-quoted differently if the node id needs it).
+    """``tox -e ENV -- [--adapter TARGET] "NODEID"`` (shell-quoted differently if the node id needs it).
 
-    Records written outside tox (env ``local``) get the plain pytest command instead.
+    A plug-in adapter's cell carries its ``--adapter`` target (without it the
+    node id does not exist). Records written outside tox (env ``local``) get
+    the plain pytest command instead.
     """
     if not r.nodeid:
         return None
     node = f'"{r.nodeid}"' if not re.search(r'["$`\\!]', r.nodeid) else shlex.quote(r.nodeid)
+    if r.plugin_adapter:
+        node = f"--adapter {shlex.quote(r.plugin_adapter)} {node}"
     if r.env == "local":
         return f"python -m pytest -p no:cacheprovider {node}"
     return f"tox -e {shlex.quote(r.env)} -- {node}"
+
+
+def run_notices(merged: Merged) -> list[str]:
+    """One line per shard that is not a complete run of the whole catalogue
+    (incomplete, interrupted, partial, legacy without a manifest): the
+    matrix shows what was measured, these say what was not."""
+    out = []
+    for shard in merged.shards:
+        status = shard.status()
+        if status and not shard.legacy and shard.collected is not None:
+            missing = len(shard.missing_records())
+            if missing and "have no record" not in status:
+                status += f"; {missing} of {len(shard.collected.cells)} collected cell(s) have no record"
+        if shard.collected is not None and shard.collected.partial:
+            status = (status + "; " if status else "") + (
+                f"partial run: {len(shard.collected.cells)} of {shard.collected.full} cells selected")
+        if status:
+            out.append(f"{shard.file}: {status}")
+    return out
 
 
 def _safe_url(url) -> str | None:
@@ -291,6 +314,7 @@ def build_context(merged: Merged, title: str = "bnconform parity report", baseli
         "duplicates": merged.duplicates,
         "conflicts": merged.conflicts,
         "bad_lines": merged.bad_lines,
+        "run_notices": run_notices(merged),
         "diff": baseline_diff,
         "baseline_label": baseline_label,
     }
