@@ -19,7 +19,7 @@ import sys
 
 from .catalogue import load_catalogue
 from .gate import add_parser as add_gate_parser
-from .report import write_report
+from .report import run_notices, write_report
 
 
 def _report(args) -> int:
@@ -33,6 +33,8 @@ def _report(args) -> int:
         print("bnconform report: matplotlib is not installed: the report has no plots", file=sys.stderr)
     for bad in merged.bad_lines:
         print(f"bnconform report: skipped {bad}", file=sys.stderr)
+    for notice in run_notices(merged):
+        print(f"bnconform report: WARNING {notice}", file=sys.stderr)
     for a, b in merged.conflicts:
         print(f"bnconform report: CONFLICT {a.case_id} on {a.adapter}: {a.verdict} ({a.env}, {a.platform}) "
               f"vs {b.verdict} ({b.env}, {b.platform})",

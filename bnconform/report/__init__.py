@@ -30,7 +30,7 @@ from ..resultset import (  # noqa: F401  (re-exported for callers of the old loc
 from .data import GLYPHS, rerun_command  # noqa: F401
 from .figures import case_figures, default_figure_cache
 from .render import render
-from .view import SEVERITY, build_context, source_groups, worst  # noqa: F401
+from .view import SEVERITY, build_context, run_notices, source_groups, worst  # noqa: F401
 
 
 def summary(merged: Merged, baseline_diff: Diff | None = None) -> dict:

@@ -50,13 +50,17 @@ def safe_url(url) -> str | None:
 
 
 def rerun_command(r: ResultRecord) -> str | None:
-    """``tox -e ENV -- "NODEID"`` (shell-quoted differently if the node id needs it).
+    """``tox -e ENV -- [--adapter TARGET] "NODEID"`` (shell-quoted differently if the node id needs it).
 
-    Records written outside tox (env ``local``) get the plain pytest command instead.
+    A plug-in adapter's cell carries its ``--adapter`` target (without it the
+    node id does not exist). Records written outside tox (env ``local``) get
+    the plain pytest command instead.
     """
     if not r.nodeid:
         return None
     node = f'"{r.nodeid}"' if not re.search(r'["$`\\!]', r.nodeid) else shlex.quote(r.nodeid)
+    if r.plugin_adapter:
+        node = f"--adapter {shlex.quote(r.plugin_adapter)} {node}"
     if r.env == "local":
         return f"python -m pytest -p no:cacheprovider {node}"
     return f"tox -e {shlex.quote(r.env)} -- {node}"

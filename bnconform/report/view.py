@@ -16,6 +16,8 @@ data goes in ``data`` (:class:`~.contract.ReportData` dumped to JSON types) and
     adapters ``{name, framework, new}`` and ``[framework, number of its columns]``.
 ``diff``, ``conflicts``, ``duplicates``, ``bad_lines``
     the results layer's objects (:mod:`bnconform.resultset`), rendered as they are.
+``run_notices``
+    one line per shard that is not a complete run (:func:`run_notices`).
 """
 
 from __future__ import annotations
@@ -94,6 +96,25 @@ def worst(verdicts) -> str | None:
     """The most severe of ``verdicts`` (:data:`SEVERITY` order); None if empty."""
     vs = set(verdicts)
     return next((v for v in SEVERITY if v in vs), None)
+
+
+def run_notices(merged: Merged) -> list[str]:
+    """One line per shard that is not a complete run of the whole catalogue
+    (incomplete, interrupted, partial, legacy without a manifest): the
+    matrix shows what was measured, these say what was not."""
+    out = []
+    for shard in merged.shards:
+        status = shard.status()
+        if status and not shard.legacy and shard.collected is not None:
+            missing = len(shard.missing_records())
+            if missing and "have no record" not in status:
+                status += f"; {missing} of {len(shard.collected.cells)} collected cell(s) have no record"
+        if shard.collected is not None and shard.collected.partial:
+            status = (status + "; " if status else "") + (
+                f"partial run: {len(shard.collected.cells)} of {shard.collected.full} cells selected")
+        if status:
+            out.append(f"{shard.file}: {status}")
+    return out
 
 
 def _framework_spans(layout: Layout) -> list[list]:
@@ -193,6 +214,7 @@ def build_context(merged: Merged, title: str = "bnconform parity report", baseli
         "duplicates": merged.duplicates,
         "conflicts": merged.conflicts,
         "bad_lines": merged.bad_lines,
+        "run_notices": run_notices(merged),
         "diff": baseline_diff,
         "baseline_label": baseline_label,
     }
