@@ -3,8 +3,13 @@
 ``bnconform report PATH... --out reports/parity.html [--summary S.json] [--baseline OLD...]``
     merge result shards (files or directories of ``*.jsonl``) into one report;
     with ``--baseline`` also show (and print) every change against an older run.
-    Exit 0 when written (bad lines, conflicts are shown in the report and on
-    stderr), 2 when no record could be read at all.
+    Exit 0 when written (bad lines, conflicts, incomplete or partial runs and
+    shards without a run manifest are shown in the report and on stderr), 2
+    when no record could be read at all.
+``bnconform gate CURRENT... [--baseline OLD...] [--require-frameworks F,G] [--cases DIR]
+[--allow-partial] [--allow-legacy-shards] [--map-adapter OLD NEW] [--json FILE]``
+    exit 0 only on complete, current, measured evidence with no failing cell,
+    behaviour change or magnitude drift (:mod:`bnconform.gate`).
 ``bnconform validate [PATH...]``
     validate catalogue files; exit 1 with ``file: case: field: message`` lines.
 ``bnconform cases [PATH...]``

@@ -17,6 +17,18 @@ Options (see ``pytest --help``, group "bnconform"):
 
 Only the controlling process writes records (workers ship them inside their
 test reports), so ``pytest -n N`` writes the same records as ``pytest``.
+
+A catalogue run (a path under ``cases/``, or ``--framework``/``--adapter``;
+not ``pytest tests``, not ``--collect-only``) truncates its shard when the
+session starts and frames the records with a run manifest — ``run_start``,
+``collected``, ``run_end`` (see :mod:`bnconform.results`) — so a reader can
+tell a complete run from an interrupted, partial or crashed one. Every
+collected cell gets exactly one record: an adapter that is unavailable here
+(``unsupported``, or ``error`` with ``--require-device``), fails to load,
+returns garbage, raises, hangs (``timed out``) or crashes its worker still
+has one. Case ids must be unique across the catalogue files collected (a
+duplicate is a collection error). Per-run state lives in ``config.stash``
+and ``item.stash``.
 """
 
 from __future__ import annotations

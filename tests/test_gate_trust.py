@@ -262,6 +262,14 @@ def test_12_native_hang_is_stopped_and_recorded_as_timed_out(project):
     assert code == 1 and "timed out" in out, out
 
 
+def test_12_serial_run_stopped_by_the_timeout_is_incomplete(project):
+    # Serial, the thread method ends the whole process: the shard has no run_end, the gate says so.
+    run(project, "--adapter", FAKE + "NativeHang", "--timeout", "3", "--timeout-method", "thread")
+    assert lines(project)[-1].get("kind") != "run_end"
+    code, out = gate(project, "res")
+    assert code == 1 and "incomplete: the run never finished" in out, out
+
+
 def test_12_tox_envs_use_a_timeout_that_stops_native_hangs():
     cfg = configparser.ConfigParser(interpolation=None)
     cfg.read(ROOT / "tox.ini")
