@@ -32,6 +32,11 @@ from .figures import case_figures, default_figure_cache
 from .render import render
 from .view import SEVERITY, build_context, run_notices, source_groups, worst  # noqa: F401
 
+__all__ = ["write_report", "render", "summary", "build_context", "case_figures", "default_figure_cache",
+           "rerun_command", "run_notices", "source_groups", "worst", "GLYPHS", "SEVERITY",
+           # the results layer's, re-exported for callers of the old one-module report
+           "CellChange", "Diff", "Merged", "diff", "divergence_ids", "load_and_merge", "merge", "version_label"]
+
 
 def summary(merged: Merged, baseline_diff: Diff | None = None) -> dict:
     """Machine-readable summary for CI systems (``bnconform report --summary``)."""
