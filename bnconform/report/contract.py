@@ -15,7 +15,9 @@ element (Jinja2's ``tojson``, which escapes ``<``, ``>``, ``&`` and ``'``):
 The view model builds the data through these models (so a report that renders
 meets the contract) and the tests validate the embedded JSON of a rendered
 report against them. Every field is documented below; ``extra="forbid"``
-makes a field the script does not know a validation error. Strings from
+makes any key not declared here a validation error, and a test checks that
+every field ``app.js.j2`` reads is declared (to add one: declare it here with
+its docstring, fill it in :mod:`.data`, read it in the script). Strings from
 results reach the page only as text (``textContent``); URLs only when they are
 http(s) (``*_url`` fields are null otherwise). Numbers are rounded to 4
 significant digits; a non-finite number is null.
