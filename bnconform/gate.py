@@ -240,6 +240,9 @@ def _evidence(m: Merged, label: str, allow_partial: bool, allow_legacy: bool) ->
         p, n = _shard_problems(shard, allow_partial, allow_legacy)
         problems += [label + x for x in p]
         notes += [label + x for x in n]
+        if shard.records and not any(r.comparisons for r in shard.records) and len(m.shards) > 1:
+            problems.append(f"{label}{shard.file}: no value was compared in any of its {len(shard.records)} cells "
+                            f"(every one unsupported or errored): this run measured nothing")
     digests = {s.start.catalogue_digest for s in m.shards if s.start is not None}
     if len(digests) > 1:
         problems.append(f"{label}the shards were run on different catalogues: "

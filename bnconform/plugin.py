@@ -183,6 +183,7 @@ class Recorder:
         self.started_at: dict[str, float] = {}
         self.collection_errors: dict[str, str] = {}
         self.collected = None
+        self.ended: str | None = None
         self.timeout = _timeout(config)
         self.timeout_method = _timeout_method(config)
 
@@ -272,7 +273,7 @@ class Recorder:
                                  framework_versions=self.versions))
         self.writer.close()
         self.writer = None
-        self._ended = how
+        self.ended = how
 
     # ---------------------------------------------------------------- records
 
@@ -356,9 +357,8 @@ class Recorder:
                 tr.write_line(f"  PARTIAL run: {len(self.collected.cells)} of {self.collected.full} cells of the "
                               f"selected adapters were selected; `bnconform gate` refuses this shard unless "
                               f"--allow-partial", yellow=True)
-            ended = getattr(self, "_ended", None)
-            if ended and ended != "complete":
-                tr.write_line(f"  run ended {ended}: `bnconform gate` refuses this shard", red=True)
+            if self.ended and self.ended != "complete":
+                tr.write_line(f"  run ended {self.ended}: `bnconform gate` refuses this shard", red=True)
 
 
 def _timeout(config) -> float | None:

@@ -104,3 +104,37 @@ def test_empty_results_never_pass(tmp_path):
     empty.write_text("")
     code, out = run_gate(empty)
     assert code == 1 and "nothing was tested" in out
+
+
+@pytest.mark.parametrize("old, new, drifted", [
+    (0.001, 0.24, False),   # both within rounding noise (< 1/SAFETY)
+    (0.001, 0.45, False),   # floored 0.25 -> 0.45: less than one bit
+    (0.001, 0.9, True),     # issue 15: 1e-3 -> 0.9 of the tolerance
+    (10.0, 19.0, False),    # a known bug's error, less than doubled
+    (10.0, 10_000.0, True),  # a known bug 1000x worse
+    (0.5, float("inf"), True),
+    (0.9, 0.1, True),       # shrank: reported (as a note, not a failure)
+])
+def test_drift_rule_floor_and_factor(old, new, drifted):
+    from bnconform.gate import drift
+    from bnconform.resultset import merge
+
+    rec = run_cell(CASES[0], NumpyBatchNorm(), "1")
+
+    def with_ratio(r):
+        return rec.model_copy(update={"comparisons": [{"step": 0, "op": "forward(train)", "observable": "output",
+                                                       "ratio": None if r == float("inf") else r}]})
+    found = drift(merge([with_ratio(old)]), merge([with_ratio(new)]))
+    assert bool(found) == drifted
+    if found:
+        assert found[0].worse == (new > old)
+
+
+def test_divergence_version_range_fails_closed_on_a_build_string():
+    from bnconform.adapter import Divergence
+
+    d = Divergence("q", "quirk", "s", "src", {"running_var_correction": "biased"}, versions="<2.14")
+    assert d.applies_to("2.13.0+cu130") and not d.applies_to("2.14.1")
+    with pytest.raises(ValueError, match="not a PEP 440 version"):
+        d.applies_to("2.13.0, cuDNN 91900")
+    assert Divergence("q", "quirk", "s", "src", {"running_var_correction": "biased"}).applies_to("anything")

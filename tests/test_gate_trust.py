@@ -158,6 +158,10 @@ def test_5_10_unavailable_adapter_gets_records_and_a_vacuous_run_fails(project):
     assert all("not available on this machine: no such device" in r["reason"] for r in recs)
     code, out = gate(project, "res")
     assert code == 1 and "no value was compared in any cell" in out, out
+    # Next to a shard that did measure something, the vacuous one still fails.
+    run(project, "--adapter", GOOD, results="good")
+    code, out = gate(project, "good", "res")
+    assert code == 1 and "this run measured nothing" in out, out
     run(project, "--adapter", FAKE + "NotHere", "--require-device")
     assert {r["verdict"] for r in records(project)} == {"error"}
     assert gate(project, "res")[0] == 1

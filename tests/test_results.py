@@ -43,3 +43,39 @@ def test_writer_flushes_each_record_as_one_line(tmp_path):
         assert (tmp_path / "r.jsonl").read_text().count("\n") >= 1
     w.close()
     assert len(read_results([tmp_path / "r.jsonl"])[0]) == 2
+
+
+def test_shard_manifest_tells_complete_from_killed_and_flags_misplaced_lines(tmp_path):
+    from bnconform.results import Collected, RunEnd, RunStart, read_shards
+
+    rec = json.loads(good_lines(1)[0]) | {"nodeid": "cases/x.yaml::c0[a]"}
+    start = RunStart(env="e", started="t", catalogue_digest="sha256:0").model_dump_json()
+    coll = Collected(cells=["cases/x.yaml::c0[a]", "cases/x.yaml::c1[a]"], full=2, partial=False).model_dump_json()
+    end = RunEnd(how="complete", exitstatus=0, ended="t", records=1).model_dump_json()
+    (tmp_path / "killed.jsonl").write_text("\n".join([start, coll, json.dumps(rec)]) + "\n")
+    (tmp_path / "done.jsonl").write_text("\n".join([start, coll, json.dumps(rec), end]) + "\n")
+    (tmp_path / "legacy.jsonl").write_text(json.dumps(rec) + "\n")
+    (tmp_path / "twice.jsonl").write_text("\n".join([start, coll, end, start, json.dumps(rec)]) + "\n")
+    shards = {s.file.rsplit("/", 1)[1]: s for s in read_shards([tmp_path])}
+    assert shards["killed.jsonl"].status().startswith("the run never finished")
+    assert shards["done.jsonl"].status() == "1 collected cell(s) have no record"
+    assert shards["done.jsonl"].missing_records() == ["cases/x.yaml::c1[a]"]
+    assert shards["legacy.jsonl"].legacy and "no run manifest" in shards["legacy.jsonl"].status()
+    assert any("not the first line" in p for p in shards["twice.jsonl"].structure)
+    assert any("record after run_end" in p for p in shards["twice.jsonl"].structure)
+
+
+def test_catalogue_digest_covers_expectations_and_not_the_location(tmp_path):
+    from bnconform.results import catalogue_digest, catalogue_dirs
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root in (a, b):
+        (root / "cases").mkdir(parents=True)
+        (root / "cases" / "t.yaml").write_text("theme: t\n")
+    assert catalogue_digest(catalogue_dirs(a / "cases")) == catalogue_digest(catalogue_dirs(b / "cases"))
+    (b / "expectations").mkdir()
+    (b / "expectations" / "torch.yaml").write_text("x: 1\n")
+    assert catalogue_dirs(b / "cases")[1].name == "expectations"
+    assert catalogue_digest(catalogue_dirs(a / "cases")) != catalogue_digest(catalogue_dirs(b / "cases"))
+    (a / "cases" / "t.yaml").write_text("theme: u\n")
+    assert catalogue_digest([a / "cases"]) != catalogue_digest([b / "cases"])

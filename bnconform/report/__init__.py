@@ -49,6 +49,7 @@ def summary(merged: Merged, baseline_diff: Diff | None = None) -> dict:
                        "envs": [a.env, b.env]} for a, b in merged.conflicts],
         "duplicates": len(merged.duplicates),
         "bad_lines": [str(b) for b in merged.bad_lines],
+        "run_notices": run_notices(merged),
     }
     if baseline_diff is not None:
         out["baseline_diff"] = baseline_diff.to_dict()
