@@ -36,8 +36,6 @@ as ``E[x^2] - E[x]^2`` (clamped at 0) from all-reduced sums, with
 
 from __future__ import annotations
 
-import numpy as np
-
 from .keras3 import BatchNormalizationTF
 from .tf_nn import MomentsBatchNormalization
 

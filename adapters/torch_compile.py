@@ -13,7 +13,7 @@ mutated by the compiled graph; ``torch/_dynamo`` functionalises the in-place
 
 from __future__ import annotations
 
-from bnconform.catalogue import Backward, Case
+from bnconform.catalogue import Case
 
 from .torch_functional import FunctionalBatchNorm
 from ._torch import MODULE_BY_RANK

@@ -23,8 +23,6 @@ tensors are created on the device and copied back with ``.cpu()``.
 
 from __future__ import annotations
 
-from bnconform.catalogue import Backward, Case
-
 from ._torch import MODULE_BY_RANK
 from .torch_nn import _TorchModule
 

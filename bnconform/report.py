@@ -399,7 +399,8 @@ def build_context(merged: Merged, title: str = "bnconform parity report", baseli
         changed = key in changes or key in added or case_id in new_cases or adapter in new_adapters
         return {"v": r.verdict, "g": GLYPHS[r.verdict], "i": cell_index[key], "mark": marks.get(key),
                 "changed": changed, "tip": f"{case_id} on {adapter}: {r.verdict}"
-                + (f" (was {changes[key].old_verdict})" if key in changes else "")}
+                + (f" (was {changes[key].old_verdict})" if key in changes else "")
+                + "".join(f" from {d['ref']}" for d in r.divergences if d.get("ref"))}
 
     # embedded data: cases, adapters, divergences deduplicated; one compact entry per cell
     div_index: dict[str, int] = {}
@@ -418,7 +419,8 @@ def build_context(merged: Merged, title: str = "bnconform parity report", baseli
                              "issue": d.get("issue"), "issue_url": _safe_url(d.get("issue")),
                              "finding": d.get("finding"), "options": d.get("options") or {},
                              "versions": d.get("versions"), "observables": d.get("observables") or [],
-                             "raises": d.get("raises")})
+                             "raises": d.get("raises"), "ref": d.get("ref"), "max_ratio": d.get("max_ratio"),
+                             "derivation": d.get("derivation")})
             ids.append(div_index[k])
         ch = changes.get(key)
         cell_index[key] = len(cells_data)
