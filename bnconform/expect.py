@@ -502,7 +502,8 @@ def for_adapter(adapter) -> tuple[Entry, ...]:
     if name in builtin:
         group = builtin[name][1]
         rows = frozenset(n for n, (_, g) in builtin.items() if g == group)
-        return tuple(e for f in builtin_files() if group in f.groups for e in f.for_adapter(name, rows))
+        f = file_for_group(group)
+        return f.for_adapter(name, rows) if f else ()
     own = getattr(adapter, "expectations", None)
     if own:
         cls = adapter if isinstance(adapter, type) else type(adapter)
@@ -511,6 +512,29 @@ def for_adapter(adapter) -> tuple[Entry, ...]:
             path = Path(inspect.getfile(cls)).resolve().parent / path
         return _plugin_file(str(path)).for_adapter(name, frozenset({name}))
     return ()
+
+
+@functools.lru_cache(maxsize=None)
+def file_for_group(group: str, directory: str = str(EXPECTATIONS_DIR)) -> ExpectationsFile | None:
+    """The validated expectations file covering BUILTIN ``group`` (None when
+    no file lists it). Only that file is validated: a broken file of another
+    framework never stops this one's cells (``builtin_files`` checks them all,
+    the project tests call it). Raises :class:`ExpectationError` when the
+    owning file is malformed, when two files claim the group, and for any file
+    that is not YAML at all (its groups cannot be told)."""
+    owners = []
+    for p in sorted(Path(directory).glob("*.yaml")):
+        try:
+            raw = yaml.load(p.read_text(encoding="utf-8"), Loader=SAFE_LOADER)
+        except (OSError, yaml.YAMLError):  # cannot tell which groups it covers: loud, with the file named
+            load_file(p, ROOT)
+            raise
+        if isinstance(raw, dict) and isinstance(raw.get("groups"), list) and group in raw["groups"]:
+            owners.append(p)
+    if len(owners) > 1:
+        raise ExpectationError(str(owners[1].relative_to(ROOT) if owners[1].is_relative_to(ROOT) else owners[1]),
+                               f"group {group!r} is already covered by {owners[0].name}", field="groups")
+    return load_file(owners[0], ROOT, set(_builtin())) if owners else None
 
 
 @functools.lru_cache(maxsize=None)
