@@ -22,6 +22,7 @@ class NumpyBatchNorm(Adapter):
 
     name = "numpy-reference"
     framework = "numpy"
+    expectations = "data/expectations/numpy_bn.yaml"  # its documented rejection of undefined cases
 
     # Bug switches (all off here; the mutants flip one each).
     running_var_biased = False
