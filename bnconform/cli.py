@@ -6,7 +6,8 @@
     Exit 0 when written (bad lines, conflicts are shown in the report and on
     stderr), 2 when no record could be read at all.
 ``bnconform validate [PATH...]``
-    validate catalogue files; exit 1 with ``file: case: field: message`` lines.
+    validate catalogue files (without PATH also ``expectations/*.yaml``); exit 1
+    with ``file: case: field: message`` (``file: entry: field: message``) lines.
 ``bnconform cases [PATH...]``
     list case ids with their theme and one-line behaviour.
 """
@@ -46,11 +47,19 @@ def _report(args) -> int:
 
 
 def _validate(args) -> int:
+    from .expect import validate_all
+
     cat = load_catalogue(args.paths or None)
     for err in cat.errors:
         print(err, file=sys.stderr)
     print(f"{len(cat.cases)} valid case(s), {len(cat.errors)} error(s)")
-    return 1 if cat.errors else 0
+    if args.paths:
+        return 1 if cat.errors else 0
+    entries, errors = validate_all()  # and the expectations files of the built-in rows
+    for err in errors:
+        print(err, file=sys.stderr)
+    print(f"{entries} valid expectation entr{'y' if entries == 1 else 'ies'}, {len(errors)} error(s)")
+    return 1 if cat.errors or errors else 0
 
 
 def _cases(args) -> int:

@@ -488,6 +488,24 @@ def builtin_files(directory: str = str(EXPECTATIONS_DIR)) -> tuple[ExpectationsF
     return files
 
 
+def validate_all(directory: str | Path = EXPECTATIONS_DIR) -> tuple[int, list[ExpectationError]]:
+    """Validate every expectations file of ``directory``; returns (number of
+    entries, errors) — every file's first error, not only the first file's
+    (``bnconform validate``)."""
+    builtin, errors, n = _builtin(), [], 0
+    for p in sorted(Path(directory).glob("*.yaml")):
+        try:
+            n += len(load_file(p, ROOT, set(builtin)).entries)
+        except ExpectationError as exc:
+            errors.append(exc)
+    if not errors:
+        try:
+            builtin_files.__wrapped__(str(directory))  # group coverage and overlaps
+        except ExpectationError as exc:
+            errors.append(exc)
+    return n, errors
+
+
 def for_adapter(adapter) -> tuple[Entry, ...]:
     """The entries that apply to an adapter (instance or class).
 

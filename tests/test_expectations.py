@@ -172,6 +172,14 @@ def test_the_report_names_the_expectations_entry_of_every_quirk_and_known_bug_ce
     assert '"from ", el("code", {text: d.ref})' in template  # the drill-down line
 
 
+def test_validate_reports_every_bad_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("groups: [torch]\nentries:\n- {id: x, kind: quirk, summary: s, source: s}\n")
+    (tmp_path / "b.yaml").write_text("groups: [flax]\nentries: [\n")
+    n, errors = expect.validate_all(tmp_path)
+    assert [e.file.split("/")[-1] for e in errors] == ["a.yaml", "b.yaml"]
+    assert "exactly one of options" in str(errors[0]) and "YAML syntax error" in str(errors[1])
+
+
 if __name__ == "__main__":  # regenerate the recorded selection
     SELECTION.write_text(json.dumps(selection(), indent=1, sort_keys=True) + "\n")
     print(f"wrote {SELECTION.relative_to(ROOT)}")
