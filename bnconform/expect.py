@@ -47,6 +47,7 @@ import dataclasses
 import functools
 import inspect
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -215,10 +216,14 @@ class ExpectedFailure(_Strict):
     catalogue), one number or one per input dtype. Exceeding it is
     ``fails``: the bug got worse. ``absent``: observables the defect leaves
     without any value (the framework returns none, e.g. a gradient that is
-    None); only those may fail by being missing."""
+    None); only those may fail by being missing. ``wrong_dtype``:
+    observables the defect returns in another dtype; their VALUES are still
+    judged against the bound. Any other structural failure (NaN, shape) is
+    ``fails``."""
 
     observables: list[Literal[OBSERVABLES]] = Field(min_length=1)  # type: ignore[valid-type]
     absent: list[Literal[OBSERVABLES]] = Field(default_factory=list)  # type: ignore[valid-type]
+    wrong_dtype: list[Literal[OBSERVABLES]] = Field(default_factory=list)  # type: ignore[valid-type]
     max_ratio: float | dict[Literal[DTYPES], float]  # type: ignore[valid-type]
     derivation: str = Field(min_length=20)
 
@@ -232,8 +237,10 @@ class ExpectedFailure(_Strict):
 
     @model_validator(mode="after")
     def _absent_subset(self):
-        if not set(self.absent) <= set(self.observables):
-            raise ValueError(f"absent {sorted(set(self.absent) - set(self.observables))} not among observables")
+        for name in ("absent", "wrong_dtype"):
+            extra = set(getattr(self, name)) - set(self.observables)
+            if extra:
+                raise ValueError(f"{name} {sorted(extra)} not among observables")
         return self
 
     def bound(self, dtype: str) -> float:
@@ -293,8 +300,6 @@ class Entry(_Strict):
         unknown = set(v) - _profile_knobs()
         if unknown:
             raise ValueError(f"unknown oracle Profile knob(s) {sorted(unknown)}; known: {sorted(_profile_knobs())}")
-        import typing
-
         from .oracle import CANONICAL, Profile
 
         hints = typing.get_type_hints(Profile)
@@ -354,7 +359,8 @@ class Entry(_Strict):
         return {"id": self.id, "kind": self.kind, "summary": self.summary, "source": self.source,
                 "options": dict(self.options or {}), "versions": self.versions, "issue": self.issue,
                 "finding": self.finding, "observables": list(ef.observables) if ef else [],
-                "max_ratio": ef.max_ratio if ef else None, "absent": list(ef.absent) if ef else [], "derivation": ef.derivation if ef else None,
+                "max_ratio": ef.max_ratio if ef else None, "absent": list(ef.absent) if ef else [],
+                "wrong_dtype": list(ef.wrong_dtype) if ef else [], "derivation": ef.derivation if ef else None,
                 "raises": self.raises, "file": self.file, "ref": self.ref,
                 "where": self.where.model_dump(exclude_none=True)}
 

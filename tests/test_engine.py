@@ -240,6 +240,34 @@ entries:
     assert run_cell(_backward_case(), NoGradBias(), "1", expectations=absent).verdict == "known_bug"
 
 
+def test_a_documented_wrong_dtype_is_accepted_but_its_values_stay_bounded():
+    class Float64Stats(NumpyBatchNorm):
+        name = "returns running_mean in float64"
+        offset = 0.0
+
+        def run(self, case, arrays):
+            out = super().run(case, arrays)
+            return {k: (v.astype(np.float64) + self.offset if k[1] == "running_mean" else v) for k, v in out.items()}
+
+    class Float64StatsOff(Float64Stats):
+        offset = 1000.0
+
+    bug = entries("""
+entries:
+- id: stats-in-float64
+  kind: known_bug
+  summary: running_mean comes back in float64
+  source: src
+  finding: findings/x.py
+  expected_failure: {observables: [running_mean], wrong_dtype: [running_mean], max_ratio: 2,
+                     derivation: "the values are those of the float32 computation, stored wider"}
+""")
+    assert run_cell(case(), Float64Stats(), "1", expectations=bug).verdict == "known_bug"
+    r = run_cell(case(), Float64StatsOff(), "1", expectations=bug)
+    assert r.verdict == "fails" and "got worse than documented" in r.reason
+    assert run_cell(case(), Float64Stats(), "1", expectations=()).verdict == "fails"
+
+
 def test_an_adapter_writing_into_its_inputs_cannot_corrupt_other_cells():
     class Vandal(NumpyBatchNorm):
         name = "writes into its input arrays"
