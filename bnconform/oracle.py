@@ -66,8 +66,10 @@ class Profile:
         ``"unbiased"`` (paper Alg. 2; PyTorch ``aten/src/ATen/native/Normalization.cpp``)
         or ``"biased"`` (Keras 3, MXNet, Flax, ONNX).
     ``update_at``: when running statistics are updated in a training step:
-        ``"forward"`` (PyTorch, Keras) or ``"backward"`` (MXNet CPU,
-        ``src/operator/nn/batch_norm.cc``: the update runs in BatchNormBackward).
+        ``"forward"`` (PyTorch, Keras), ``"backward"`` (the first backward
+        through the forward applies it) or ``"each_backward"`` (every backward
+        through the same forward re-applies it: MXNet CPU,
+        ``src/operator/nn/batch_norm.cc``, the update runs in BatchNormBackward).
     ``cumulative_average``: ``momentum=None`` means the cumulative moving
         average with factor ``1/num_batches_tracked`` (PyTorch
         ``torch/nn/modules/batchnorm.py``); ``False`` makes such cases undefined.
@@ -501,27 +503,36 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
 
     * one-pass variance: the centre is :func:`one_pass_variance` emulated in
       the compute dtype (float32 for float32/half cases, float64 for float64,
-      or a narrower ``compute_dtype``); the framework's variance lies within
-      ``delta = B + |emulated - exact|`` of it, ``B`` from
-      :func:`one_pass_error_bound` (the framework's own error) and the second
-      term the emulation's actual error (known: the exact variance is at hand).
-      The interval ``[v - delta, v + delta]`` (lower end clamped at 0 for
-      ``one_pass_clamped``) is propagated WITHOUT linearisation — it stays valid
-      where ``delta`` is comparable to ``var + eps``: ``s = 1/sqrt(var + eps)``
-      ranges over the interval's image, the output ``w (x - mean) s + b`` is
-      monotone in ``s``, the input gradient ``w (A s - C s^3)`` (``A = g -
-      mean(g)``, ``C = (x - mean) mean(g (x - mean))``) takes its extremes at
-      the ends or at its critical point, and ``grad_weight = s sum(g (x -
-      mean))`` is linear in ``s``. Where the clamp may be active, the
-      gradient with the variance's path cut (``w A / sqrt(eps)``: the
-      derivative of ``max(., 0)`` is 0 below 0) is a candidate too. Unclamped,
-      an interval reaching ``var + eps <= 0`` bounds nothing (``inf``: the
-      framework may return any value, NaN included). The running variance
-      carries the interval through the moving average (``[lo, hi]`` averaged
-      like the value), so later eval outputs and global-statistics gradients
-      use its image; SGD passes ``lr * spread(grad)`` on to the parameters,
-      whose spread then enters the outputs (triangle inequality:
-      ``|w s - w0 s0| <= |w0| |s - s0| + dw max s``).
+      or a narrower ``compute_dtype``). The framework's variance lies within
+      ``d0 = B + |emulated - exact|`` of it by the error MODEL (``B`` from
+      :func:`one_pass_error_bound`: the framework's own rounding; the second
+      term the emulation's actual error, known since the exact variance is at
+      hand), and within ``dS = SAFETY B + |emulated - exact|`` with the
+      tolerance model's SAFETY factor. Both intervals (lower end clamped at 0
+      for ``one_pass_clamped``) are propagated WITHOUT linearisation, so the
+      envelope stays valid where the uncertainty is comparable to
+      ``var + eps``: ``s = 1/sqrt(var + eps)`` ranges over each interval's
+      image; the output ``w (x - mean) s + b`` is monotone in ``s``; the input
+      gradient ``w (A s - C s^3)`` (``A = g - mean(g)``, ``C = (x - mean)
+      mean(g (x - mean))``) takes its extremes at the ends or at its critical
+      point; ``grad_weight = s sum(g (x - mean))`` is linear in ``s``. Where
+      the clamp may be active, the gradient with the variance's path cut
+      (``w A / sqrt(eps)``: the derivative of ``max(., 0)`` is 0 below 0) is
+      a candidate too. The spread of a quantity is ``max(SAFETY * deviation
+      over the model interval, deviation over the SAFETY interval)``: SAFETY
+      times the model bound, as :mod:`bnconform.compare` does for every other
+      bound, measured in the quantity's own space (so a framework at a
+      clamped END of the interval — variance 0, output ``(x - mean) /
+      sqrt(eps)`` — still has headroom SAFETY), and never less than the image
+      of the SAFETY-widened variance (``s`` is convex in the variance: a
+      deviation below the centre grows faster than linearly). Unclamped, a
+      SAFETY interval reaching ``var + eps <= 0`` bounds nothing (``inf``:
+      the framework may return any value there, NaN included). The running
+      variance carries both intervals through the moving average, so later
+      eval outputs and global-statistics gradients use their image; SGD
+      passes ``lr * spread(grad)`` on to the parameters, whose spread enters
+      later outputs by the triangle inequality (``|w s - w0 s0| <= |w0| |s -
+      s0| + dw max s``).
     * ``compute_dtype`` / ``accumulation_dtype`` (dtype ``c`` narrower than
       the default): an observable produced at ``c`` gets the tolerance the
       :mod:`bnconform.compare` model gives a computation in ``c``,
