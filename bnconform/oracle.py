@@ -66,8 +66,10 @@ class Profile:
         ``"unbiased"`` (paper Alg. 2; PyTorch ``aten/src/ATen/native/Normalization.cpp``)
         or ``"biased"`` (Keras 3, MXNet, Flax, ONNX).
     ``update_at``: when running statistics are updated in a training step:
-        ``"forward"`` (PyTorch, Keras) or ``"backward"`` (MXNet CPU,
-        ``src/operator/nn/batch_norm.cc``: the update runs in BatchNormBackward).
+        ``"forward"`` (PyTorch, Keras), ``"backward"`` (the first backward
+        through the forward applies it) or ``"each_backward"`` (every backward
+        through the same forward re-applies it: MXNet CPU,
+        ``src/operator/nn/batch_norm.cc``, the update runs in BatchNormBackward).
     ``cumulative_average``: ``momentum=None`` means the cumulative moving
         average with factor ``1/num_batches_tracked`` (PyTorch
         ``torch/nn/modules/batchnorm.py``); ``False`` makes such cases undefined.
@@ -185,6 +187,31 @@ class Profile:
 
 
 CANONICAL = Profile()
+
+#: Knobs whose value is a mapping: merged key by key across divergences.
+MAPPING_KNOBS = frozenset({"accumulation_dtype"})
+
+
+def merge_options(option_sets) -> dict:
+    """Merge the oracle options of several divergences into one ``Profile``
+    options dict. Scalar knobs: the later value wins (as ``dict.update``).
+    Mapping knobs (``accumulation_dtype``): merged key by key, so two
+    divergences widening different observables both apply; raises
+    ``ValueError`` when two give the same observable different dtypes.
+    """
+    merged: dict = {}
+    for options in option_sets:
+        for knob, value in options.items():
+            if knob in MAPPING_KNOBS:
+                into = dict(merged.get(knob, {}))
+                for key, v in dict(value).items():
+                    if key in into and into[key] != v:
+                        raise ValueError(f"conflicting {knob}[{key!r}]: {into[key]!r} and {v!r}")
+                    into[key] = v
+                merged[knob] = into
+            else:
+                merged[knob] = value
+    return merged
 
 
 # ---------------------------------------------------------------- primitives
@@ -321,9 +348,12 @@ def one_pass_error_bound(x: np.ndarray, axis: int, u: float) -> np.ndarray:
       ``|fl(E[x]^2) - E[x]^2| <= 2 |E[x]| |e| + u E[x]^2``;
     * the subtraction adds ``u |var|``; ``E[x]^2 + var = E[x^2]``.
 
-    Summed: ``<= u (sqrt(m) + 3) E[x^2] + 2 u (sqrt(m) + 1) |E[x]| E|x|``
-    ``<= SAFETY u sqrt(m) (E[x^2] + 2 |E[x]| E|x|)`` for every m >= 1
-    (``sqrt(m) + 3 <= 4 sqrt(m)``, ``2 (sqrt(m) + 1) <= 8 sqrt(m)``, SAFETY = 4).
+    Summed, the bound returned (first order in u; the SAFETY factor of the
+    tolerance model is applied by :func:`simulate`, as :mod:`bnconform.compare`
+    applies it to every other bound)::
+
+        u (sqrt(m) + 3) E[x^2] + 2 u (sqrt(m) + 1) |E[x]| E|x|
+
     Against the two-pass bound ``~ u sqrt(m) (var + 2 sqrt(var) E|x|)`` the
     ratio grows like ``E[x]^2 / var``: the condition number of the one-pass
     formula. No constant here is fitted to any framework.
@@ -334,7 +364,8 @@ def one_pass_error_bound(x: np.ndarray, axis: int, u: float) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         ex2, mu, eabs = (x * x).mean(axis=axes), x.mean(axis=axes), np.abs(x).mean(axis=axes)
-    return SAFETY * u * np.sqrt(max(m, 1)) * (ex2 + 2.0 * np.abs(mu) * eabs)
+    root = np.sqrt(max(m, 1))
+    return u * ((root + 3.0) * ex2 + 2.0 * (root + 1.0) * np.abs(mu) * eabs)
 
 
 def _invstd(v, eps):
@@ -387,13 +418,58 @@ class _Forward:
     abs_mean: np.ndarray
     pending: tuple | None = None
     # Precision envelope of the forward (precision profiles only): the
-    # 1/sqrt(var + eps) centre and range, whether a clamp at 0 may have
-    # dropped the variance's gradient, and the mean's spread.
-    s_c: np.ndarray | None = None
-    s_lo: np.ndarray | None = None
-    s_hi: np.ndarray | None = None
-    clamp: np.ndarray | None = None
+    # variance used, as a _VarInterval, and the spread of the mean used.
+    var_iv: "_VarInterval | None" = None
     mean_spread: np.ndarray | None = None
+
+
+@dataclass
+class _VarInterval:
+    """A per-channel variance ``v`` (C,) known to lie in ``[v - lo0, v + hi0]``
+    by the error MODEL and in ``[v - loS, v + hiS]`` with the SAFETY factor
+    applied; ``clamped``: the algorithm clamps at 0 (no lower end below 0,
+    and at 0 the variance's gradient path may be cut)."""
+
+    v: np.ndarray
+    lo0: np.ndarray
+    hi0: np.ndarray
+    loS: np.ndarray
+    hiS: np.ndarray
+    clamped: bool = False
+
+    def s_range(self, eps: float, safety: bool):
+        """``(s_c, s_lo, s_hi, clamp)``: ``s = 1/sqrt(var + eps)`` at the centre and
+        over the interval (``inf`` where it reaches ``var + eps <= 0``), and
+        whether the interval reaches 0 under a clamp."""
+        lo, hi = (self.loS, self.hiS) if safety else (self.lo0, self.hi0)
+        bottom = self.v - lo
+        if self.clamped:
+            bottom = np.maximum(bottom, 0.0)
+        clamp = np.asarray(self.clamped & (bottom <= 0))
+        return _invstd(self.v, eps), _invstd(self.v + hi, eps), _invstd(bottom, eps), clamp
+
+    def envelope(self, eps: float, dev_top):
+        """Spread of a quantity ``q(s)`` over the interval: ``dev_top(s_c, s_lo,
+        s_hi, clamp) -> (max |q(s) - q(s_c)|, max |q(s)|)``. Returns ``(spread,
+        top, unbounded)`` with ``spread = max(SAFETY * dev(model interval),
+        dev(SAFETY interval))``: the tolerance convention (SAFETY times the
+        model bound) in the quantity's own space, and never less than the image
+        of the SAFETY-widened variance interval (``q`` is not linear in the
+        variance: ``s`` is convex in it). ``top`` over the SAFETY interval;
+        ``unbounded`` where that interval reaches ``var + eps <= 0``."""
+        s_c, lo0, hi0, cl0 = self.s_range(eps, False)
+        _, loS, hiS, clS = self.s_range(eps, True)
+        dev0, _ = dev_top(s_c, lo0, hi0, cl0)
+        devS, top = dev_top(s_c, loS, hiS, clS)
+        unbounded = np.isinf(hiS) | np.isinf(s_c)
+        with np.errstate(invalid="ignore"):
+            return np.maximum(SAFETY * dev0, devS), top, unbounded
+
+
+def _s_dev_top(s_c, s_lo, s_hi, clamp):
+    """``q(s) = s``: its deviation and maximum over ``[s_lo, s_hi]``."""
+    with np.errstate(invalid="ignore"):
+        return np.maximum(s_hi - s_c, s_c - s_lo), s_hi
 
 
 def _range_of_cubic(A, C, s_c, s_lo, s_hi, extra=None):
@@ -427,27 +503,36 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
 
     * one-pass variance: the centre is :func:`one_pass_variance` emulated in
       the compute dtype (float32 for float32/half cases, float64 for float64,
-      or a narrower ``compute_dtype``); the framework's variance lies within
-      ``delta = B + |emulated - exact|`` of it, ``B`` from
-      :func:`one_pass_error_bound` (the framework's own error) and the second
-      term the emulation's actual error (known: the exact variance is at hand).
-      The interval ``[v - delta, v + delta]`` (lower end clamped at 0 for
-      ``one_pass_clamped``) is propagated WITHOUT linearisation — it stays valid
-      where ``delta`` is comparable to ``var + eps``: ``s = 1/sqrt(var + eps)``
-      ranges over the interval's image, the output ``w (x - mean) s + b`` is
-      monotone in ``s``, the input gradient ``w (A s - C s^3)`` (``A = g -
-      mean(g)``, ``C = (x - mean) mean(g (x - mean))``) takes its extremes at
-      the ends or at its critical point, and ``grad_weight = s sum(g (x -
-      mean))`` is linear in ``s``. Where the clamp may be active, the
-      gradient with the variance's path cut (``w A / sqrt(eps)``: the
-      derivative of ``max(., 0)`` is 0 below 0) is a candidate too. Unclamped,
-      an interval reaching ``var + eps <= 0`` bounds nothing (``inf``: the
-      framework may return any value, NaN included). The running variance
-      carries the interval through the moving average (``[lo, hi]`` averaged
-      like the value), so later eval outputs and global-statistics gradients
-      use its image; SGD passes ``lr * spread(grad)`` on to the parameters,
-      whose spread then enters the outputs (triangle inequality:
-      ``|w s - w0 s0| <= |w0| |s - s0| + dw max s``).
+      or a narrower ``compute_dtype``). The framework's variance lies within
+      ``d0 = B + |emulated - exact|`` of it by the error MODEL (``B`` from
+      :func:`one_pass_error_bound`: the framework's own rounding; the second
+      term the emulation's actual error, known since the exact variance is at
+      hand), and within ``dS = SAFETY B + |emulated - exact|`` with the
+      tolerance model's SAFETY factor. Both intervals (lower end clamped at 0
+      for ``one_pass_clamped``) are propagated WITHOUT linearisation, so the
+      envelope stays valid where the uncertainty is comparable to
+      ``var + eps``: ``s = 1/sqrt(var + eps)`` ranges over each interval's
+      image; the output ``w (x - mean) s + b`` is monotone in ``s``; the input
+      gradient ``w (A s - C s^3)`` (``A = g - mean(g)``, ``C = (x - mean)
+      mean(g (x - mean))``) takes its extremes at the ends or at its critical
+      point; ``grad_weight = s sum(g (x - mean))`` is linear in ``s``. Where
+      the clamp may be active, the gradient with the variance's path cut
+      (``w A / sqrt(eps)``: the derivative of ``max(., 0)`` is 0 below 0) is
+      a candidate too. The spread of a quantity is ``max(SAFETY * deviation
+      over the model interval, deviation over the SAFETY interval)``: SAFETY
+      times the model bound, as :mod:`bnconform.compare` does for every other
+      bound, measured in the quantity's own space (so a framework at a
+      clamped END of the interval — variance 0, output ``(x - mean) /
+      sqrt(eps)`` — still has headroom SAFETY), and never less than the image
+      of the SAFETY-widened variance (``s`` is convex in the variance: a
+      deviation below the centre grows faster than linearly). Unclamped, a
+      SAFETY interval reaching ``var + eps <= 0`` bounds nothing (``inf``:
+      the framework may return any value there, NaN included). The running
+      variance carries both intervals through the moving average, so later
+      eval outputs and global-statistics gradients use their image; SGD
+      passes ``lr * spread(grad)`` on to the parameters, whose spread enters
+      later outputs by the triangle inequality (``|w s - w0 s0| <= |w0| |s -
+      s0| + dw max s``).
     * ``compute_dtype`` / ``accumulation_dtype`` (dtype ``c`` narrower than
       the default): an observable produced at ``c`` gets the tolerance the
       :mod:`bnconform.compare` model gives a computation in ``c``,
@@ -504,22 +589,24 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
         return SAFETY * u * (growth * np.abs(magnitude) + np.abs(value)) if u else 0.0
 
     zeros = lambda: np.zeros(L.num_features)  # noqa: E731
-    # The running variance's interval as offsets below/above its value (exactly 0 without spreads).
-    rv_dlo, rv_dhi = zeros(), zeros()
+    # The running variance's interval as offsets below/above its value (model and SAFETY;
+    # exactly 0 without spreads).
+    rv_off = {k: zeros() for k in ("lo0", "hi0", "loS", "hiS")}
     sp = {"running_mean": zeros(), "weight": zeros(), "bias": zeros()}  # symmetric spreads
 
     def spread_of(arr):
         a = np.asarray(arr, dtype=np.float64)
         return np.where(np.isnan(a), 0.0, a)
 
-    def apply_update(mean, var, abs_mean, mag_var, var_lo=None, var_hi=None):
-        nonlocal rm, rv, nbt, rv_dlo, rv_dhi
+    def apply_update(mean, var, abs_mean, mag_var, var_iv=None):
+        nonlocal rm, rv, nbt
         nbt += 1
         if m == 0:  # an empty batch carries no statistics
             if profile.empty_batch_update == "skip":  # counted, nothing averaged in
                 return
             fill = np.nan if profile.empty_batch_update == "nan" else 0.0
-            mean = var = var_lo = var_hi = np.full(L.num_features, fill)
+            mean = var = np.full(L.num_features, fill)
+            var_iv = None
             abs_mean = mag_var = np.zeros(L.num_features)
         if L.momentum is None:
             if not profile.cumulative_average:
@@ -536,14 +623,16 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
         mag["running_mean"] = (1 - factor) * mag["running_mean"] + factor * abs_mean
         mag["running_var"] = (1 - factor) * mag["running_var"] + factor * corr * mag_var
         if prec:
-            lo = var if var_lo is None else var_lo
-            hi = var if var_hi is None else var_hi
             u_rm, u_rv = u_of("running_mean"), u_of("running_var")
             sp["running_mean"] = ((1 - factor) * sp["running_mean"]
                                   + SAFETY * u_rm * (factor * growth * abs_mean + np.abs(rm)))
             extra = SAFETY * u_rv * (factor * corr * growth * np.abs(mag_var) + np.abs(rv))
-            rv_dlo = (1 - factor) * rv_dlo + factor * corr * (var - lo) + extra
-            rv_dhi = (1 - factor) * rv_dhi + factor * corr * (hi - var) + extra
+            for k in rv_off:
+                batch_off = getattr(var_iv, k) if var_iv is not None else 0.0
+                if k.startswith("lo") and var_iv is not None and var_iv.clamped:
+                    batch_off = np.minimum(batch_off, np.maximum(var, 0.0))  # the clamp bounds it below
+                rv_off[k] = ((1 - factor) * rv_off[k] + factor * corr * batch_off
+                             + (extra if k.endswith("S") else extra / SAFETY))
 
     def effective_gamma():
         """The gamma the kernel uses and its magnitude (1 when gamma is fixed)."""
@@ -563,7 +652,7 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
                 abs_mean = np.abs(x).mean(axis=axes)
             as_train = step.mode == "train" and profile.train_statistics == "batch"
             use_batch = as_train or not L.track_running_stats
-            var_lo = var_hi = None
+            var_iv = None
             if use_batch:
                 mean, var = batch_stats(x, axis)  # NaN for an empty batch; the output is empty
                 # Two-pass variance: rounding of (x - mean) costs ~u*|x| per term.
@@ -572,19 +661,19 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
                     clamped = profile.variance_algorithm == "one_pass_clamped"
                     exact = var
                     var = one_pass_variance(x, axis, emu_dtype, clamped)
+                    bound = one_pass_error_bound(x, axis, UNIT_ROUNDOFF[emu_dtype])
                     with np.errstate(invalid="ignore"):
-                        delta = one_pass_error_bound(x, axis, UNIT_ROUNDOFF[emu_dtype]) + np.abs(var - exact)
-                    var_lo, var_hi = var - delta, var + delta
-                    if clamped:
-                        var_lo = np.maximum(var_lo, 0.0)
+                        known = np.abs(var - exact)  # the emulation's own, known error
+                    var_iv = _VarInterval(var, bound + known, bound + known, SAFETY * bound + known,
+                                          SAFETY * bound + known, clamped)
             else:
                 mean, var, mag_var = rm.copy(), rv.copy(), None
             last = _Forward(x, use_batch, mean, var, abs_mean)
             if as_train and L.track_running_stats:
                 if profile.update_at == "forward":
-                    apply_update(mean, var, abs_mean, mag_var, var_lo, var_hi)
+                    apply_update(mean, var, abs_mean, mag_var, var_iv)
                 else:
-                    last.pending = (mean, var, abs_mean, mag_var, var_lo, var_hi)
+                    last.pending = (mean, var, abs_mean, mag_var, var_iv)
             gamma, gamma_mag = effective_gamma()
             with np.errstate(invalid="ignore", divide="ignore"):
                 y = normalize(x, mean, var, L.eps, gamma, b, axis)
@@ -595,23 +684,21 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
             y_sp = None
             if prec:
                 if use_batch:
-                    lo = var if var_lo is None else var_lo
-                    hi = var if var_hi is None else var_hi
+                    if var_iv is None:  # two-pass: the variance carries no envelope of its own
+                        var_iv = _VarInterval(var, zeros(), zeros(), zeros(), zeros())
                     mean_sp = zeros()
-                    clamp = (profile.variance_algorithm == "one_pass_clamped") & (lo <= 0) \
-                        if var_lo is not None else np.zeros(L.num_features, bool)
                 else:
-                    lo, hi, mean_sp, clamp = rv - rv_dlo, rv + rv_dhi, sp["running_mean"].copy(), \
-                        np.zeros(L.num_features, bool)
-                s_c, s_lo, s_hi = _invstd(var, L.eps), _invstd(hi, L.eps), _invstd(lo, L.eps)
-                last.s_c, last.s_lo, last.s_hi, last.clamp, last.mean_spread = s_c, s_lo, s_hi, clamp, mean_sp
+                    var_iv = _VarInterval(var, rv_off["lo0"].copy(), rv_off["hi0"].copy(), rv_off["loS"].copy(),
+                                          rv_off["hiS"].copy())
+                    mean_sp = sp["running_mean"].copy()
+                last.var_iv, last.mean_spread = var_iv, mean_sp
                 w_sp = zeros() if profile.fixed_gamma else sp["weight"]
+                ds, s_top, unbounded = var_iv.envelope(L.eps, _s_dev_top)
                 with np.errstate(invalid="ignore", over="ignore"):
-                    ds = np.maximum(s_hi - s_c, s_c - s_lo)
                     xm = np.abs(x - cv(mean))
-                    y_sp = (_mul(xm, cv(np.abs(gamma) * ds + _mul(w_sp, s_hi))) + cv(sp["bias"])
-                            + cv(_mul(np.abs(gamma) * mean_sp, s_hi)))
-                    y_sp = np.where(cv(np.isinf(s_hi) | np.isinf(s_c)), np.inf, y_sp)
+                    y_sp = (_mul(xm, cv(np.abs(gamma) * ds + _mul(w_sp, s_top))) + cv(sp["bias"])
+                            + cv(_mul(np.abs(gamma) * mean_sp, s_top)))
+                    y_sp = np.where(cv(unbounded), np.inf, y_sp)
                 y_sp = y_sp + b_spread("output", y, y_mag)
             put(i, "output", y, y_mag, y_sp)
         elif isinstance(step, Backward):
@@ -635,25 +722,28 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
             dx_sp = dw_sp = db_sp = None
             if prec:
                 w_sp = zeros() if profile.fixed_gamma else sp["weight"]
-                s_c, s_lo, s_hi = last.s_c, last.s_lo, last.s_hi
-                unbounded = np.isinf(s_hi) | np.isinf(s_c)
+                iv = last.var_iv
+                ds, s_top, unbounded = iv.envelope(L.eps, _s_dev_top)
                 with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
                     xm = last.x - cv(last.mean)
-                    ds = np.maximum(s_hi - s_c, s_c - s_lo)
                     if last.used_batch:
                         A = g - g.mean(axis=axes, keepdims=True)
                         C = xm * (g * xm).mean(axis=axes, keepdims=True)
-                        # Where the clamp may be active, the variance's gradient path is cut:
-                        # A / sqrt(0 + eps) is a candidate (elsewhere h(s_c) adds nothing).
-                        cut = np.where(cv(last.clamp), A * cv(s_hi), A * cv(s_c) - C * cv(s_c)**3) \
-                            if last.clamp.any() else None
-                        dev, top = _range_of_cubic(A, C, cv(s_c), cv(s_lo), cv(s_hi), cut)
+
+                        def cubic(s_c, s_lo, s_hi, clamp):
+                            # Where the clamp may be active, the variance's gradient path is cut:
+                            # A / sqrt(0 + eps) is a candidate (elsewhere h(s_c) adds nothing).
+                            cut = (np.where(cv(clamp), A * cv(s_hi), A * cv(s_c) - C * cv(s_c)**3)
+                                   if np.any(clamp) else None)
+                            return _range_of_cubic(A, C, cv(s_c), cv(s_lo), cv(s_hi), cut)
+
+                        dev, top, _ = iv.envelope(L.eps, cubic)
                         dx_sp = _mul(cv(np.abs(gamma)), dev) + _mul(cv(w_sp), top)
                     else:
-                        dx_sp = _mul(np.abs(g), cv(np.abs(gamma) * ds + _mul(w_sp, s_hi)))
+                        dx_sp = _mul(np.abs(g), cv(np.abs(gamma) * ds + _mul(w_sp, s_top)))
                     dx_sp = np.where(cv(unbounded), np.inf, dx_sp)
                     sgx = np.abs((g * xm).sum(axis=axes))
-                    dw_sp = _mul(sgx, ds) + _mul(np.abs(g.sum(axis=axes)) * last.mean_spread, s_hi)
+                    dw_sp = _mul(sgx, ds) + _mul(np.abs(g.sum(axis=axes)) * last.mean_spread, s_top)
                     dw_sp = np.where(unbounded, np.inf, dw_sp)
                     if profile.fixed_gamma:
                         dw_sp = zeros()
@@ -688,7 +778,8 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
             put(i, "running_mean", rm.copy(), mag["running_mean"].copy(), sp["running_mean"].copy())
             rv_sp = None
             if prec:
-                rv_sp = np.maximum(rv_dlo, rv_dhi)
+                rv_sp = np.maximum(np.maximum(rv_off["lo0"], rv_off["hi0"]) * SAFETY,
+                                   np.maximum(rv_off["loS"], rv_off["hiS"]))
             put(i, "running_var", rv.copy(), mag["running_var"].copy(), rv_sp)
             put(i, "num_batches_tracked", np.asarray(float(nbt)), np.asarray(0.0))
         if L.affine:
