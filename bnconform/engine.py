@@ -48,7 +48,7 @@ from .expect import Entry, VersionUnparseable, for_adapter
 
 #: compare_one's message for an observable the adapter did not return.
 NO_VALUE = "adapter returned no value"
-from .oracle import CANONICAL, Expectation, OracleUndefined, Profile, simulate
+from .oracle import CANONICAL, Expectation, OracleUndefined, Profile, merge_options, simulate
 from .results import ResultRecord, current_env
 
 
@@ -93,10 +93,9 @@ def _agree(case: Case, a: Profile, b: Profile, observable: frozenset[str]) -> bo
 
 
 def profile_for(divergences: list[Entry]) -> Profile:
-    """The oracle profile with every listed divergence's options applied."""
-    options: dict = {}
-    for d in divergences:
-        options.update(d.options)
+    """The oracle profile with every listed divergence's options applied
+    (:func:`~bnconform.oracle.merge_options`: mapping knobs merge key by key)."""
+    options = merge_options(d.options for d in divergences)
     if not options:
         return CANONICAL
     return CANONICAL.with_options("+".join(d.id for d in divergences), **options)

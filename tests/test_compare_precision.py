@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnconform.adapter import Divergence
+from bnconform.expect import for_adapter, parse
 from bnconform.arrays import generate
 from bnconform.catalogue import OBSERVABLES, Case, load_catalogue
 from bnconform.compare import compare_one, expectations_agree, tolerance
@@ -81,14 +81,19 @@ def test_semantic_knobs_keep_the_value_rule():
     assert _agree(case(shape=(0, 3)), empty_batch_update="skip")
 
 
+def _quirk(id: str, **options):
+    """One documented quirk with these oracle options (an expectations entry)."""
+    return parse(f"entries: [{{id: {id}, kind: quirk, summary: s, source: test, options: {options!r}}}]",
+                 "test.yaml").entries
+
+
 def _numpy_row(algorithm: str, declared: bool):
     class Row(NumpyBatchNorm):
         name = f"numpy {algorithm}"
         variance_algorithm = algorithm
-        divergences = (Divergence(id=algorithm, kind="quirk", summary="one-pass variance", source="test",
-                                  options={"variance_algorithm": algorithm}),) if declared else ()
 
-    return Row()
+    row = Row()  # its own expectations (the documented rejection of one value per channel), plus the quirk
+    return row, for_adapter(row) + (_quirk(algorithm.replace("_", "-"), variance_algorithm=algorithm) if declared else ())
 
 
 def _headroom(record) -> float:
@@ -99,7 +104,8 @@ def _headroom(record) -> float:
 @pytest.mark.parametrize("algorithm", ["one_pass", "one_pass_clamped"])
 def test_a_one_pass_implementation_matches_its_profile_on_the_whole_catalogue(algorithm):
     # The NumPy row sums like a SIMD CPU loop (8 lanes), not like the oracle's emulation.
-    declared = [run_cell(c, _numpy_row(algorithm, True), "0") for c in CATALOGUE.cases]
+    row, quirk = _numpy_row(algorithm, True)
+    declared = [run_cell(c, row, "0", expectations=quirk) for c in CATALOGUE.cases]
     assert {r.verdict for r in declared} <= {"conforms", "quirk"}, \
         [(r.case_id, r.reason) for r in declared if r.verdict not in ("conforms", "quirk")]
     assert min(_headroom(r) for r in declared) >= 1.5
@@ -107,8 +113,8 @@ def test_a_one_pass_implementation_matches_its_profile_on_the_whole_catalogue(al
     assert {r.case_id for r in declared if r.verdict == "quirk"} >= {"large-offset-small-spread", "momentum-one"}
     assert "eval-given-running-stats" in {r.case_id for r in declared if r.verdict == "conforms"}
     # Undeclared, the same implementation fails the ill-conditioned cases.
-    undeclared = {r.case_id: r.verdict for r in (run_cell(c, _numpy_row(algorithm, False), "0")
-                                                 for c in CATALOGUE.cases)}
+    row, own = _numpy_row(algorithm, False)
+    undeclared = {r.case_id: r.verdict for r in (run_cell(c, row, "0", expectations=own) for c in CATALOGUE.cases)}
     assert undeclared["large-offset-small-spread"] == "fails" and undeclared["large-offset-backward"] == "fails"
 
 
@@ -118,11 +124,6 @@ def test_an_empty_batch_update_is_judged_against_its_knob(mode):
 
     class Row(NumpyBatchNorm):
         name, empty_batch_update = f"numpy empty {mode}", mode
-        divergences = (Divergence(id=mode, kind="quirk", summary="s", source="test",
-                                  options={"empty_batch_update": mode}),)
 
-    class Undeclared(Row):
-        divergences = ()
-
-    assert run_cell(empty, Row(), "0").verdict == "quirk"
-    assert run_cell(empty, Undeclared(), "0").verdict == "fails"
+    assert run_cell(empty, Row(), "0", expectations=_quirk(mode, empty_batch_update=mode)).verdict == "quirk"
+    assert run_cell(empty, Row(), "0", expectations=()).verdict == "fails"
