@@ -72,8 +72,7 @@ HALF_PARAM_GRADS = Divergence(
     source=("flax/nnx/nn/normalization.py BatchNorm.__call__: self.promote_dtype((x, mean, var, scale, bias), "
             "dtype=self.dtype) (flax.linen.BatchNorm's _normalize keeps scale/bias in param_dtype)"),
     finding="findings/flax_nnx_half_param_grads.py",
-    observables=("grad_weight", "grad_bias", "weight", "bias"),
-    when=_half_param_backward,
+    options={"accumulation_dtype": {"grad_weight": "input", "grad_bias": "input"}},
 )
 
 

@@ -145,8 +145,7 @@ KERAS_SYNC_ONE_PASS_VARIANCE = Divergence(
             "tf.distribute.get_replica_context() is the default context outside strategies)"),
     issue="https://github.com/keras-team/keras/pull/18795",
     finding="findings/keras3_synchronized_one_pass_variance.py",
-    observables=("output", "grad_input", "grad_weight", "grad_bias", "running_var"),
-    when=_one_pass_ill_conditioned,
+    options={"variance_algorithm": "one_pass_clamped"},
 )
 
 KERAS_SYNC_EMPTY_BATCH_ZERO = Divergence(
@@ -157,8 +156,7 @@ KERAS_SYNC_EMPTY_BATCH_ZERO = Divergence(
              "although the batch carries no statistics (unsynchronized Keras writes NaN instead)"),
     source="keras/src/backend/tensorflow/nn.py (_compute_moments_sync: tf.math.divide_no_nan(y_sum, count_sum))",
     finding="findings/keras3_synchronized_one_pass_variance.py",
-    observables=("running_mean", "running_var"),
-    when=_empty_batch,
+    options={"empty_batch_update": "zero"},
 )
 
 

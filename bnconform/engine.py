@@ -75,9 +75,9 @@ def _agree(case: Case, a: Profile, b: Profile, observable: frozenset[str]) -> bo
 
 def profile_for(divergences: list[Divergence]) -> Profile:
     """The oracle profile with every listed divergence's options applied."""
-    options: dict = {}
-    for d in divergences:
-        options.update(d.options)
+    from .oracle import merge_options  # VALIDATION ONLY: mapping knobs merge key by key
+
+    options = merge_options(d.options for d in divergences)
     if not options:
         return CANONICAL
     return CANONICAL.with_options("+".join(d.id for d in divergences), **options)
