@@ -80,6 +80,10 @@ class Profile:
         ``"float32"`` (the new-batch weight m rounded to float32) or
         ``"float32_decay"`` (the DECAY 1 - m stored as float32, as ONNX and
         Paddle do: the effective weight is ``1 - fl32(1 - m)``).
+    ``sgd_lr_dtype``: precision in which the learning rate reaches the SGD
+        update: ``"float64"`` (as given) or ``"float32"`` (``w - fl32(lr) g``:
+        MXNet's ``SGDParam::lr`` is a C++ float, ``src/operator/optimizer_op-inl.h``;
+        visible in float64 cases).
     ``fixed_gamma``: gamma is treated as 1 in forward and backward and its
         gradient is 0 whatever value it holds (MXNet's default ``fix_gamma=True``,
         ``src/operator/nn/batch_norm.cc``).
@@ -137,6 +141,7 @@ class Profile:
     eps_dtype: Literal["float64", "float32"] = "float64"
     momentum_dtype: Literal["float64", "float32", "float32_decay"] = "float64"
     fixed_gamma: bool = False
+    sgd_lr_dtype: Literal["float64", "float32"] = "float64"
     empty_batch_update: Literal["skip", "nan", "zero"] = "skip"
     variance_algorithm: Literal["two_pass", "one_pass", "one_pass_clamped"] = "two_pass"
     compute_dtype: Literal["default", "input", "float64", "float32", "float16", "bfloat16"] = "default"
@@ -782,16 +787,17 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
                     last.pending = None
         elif isinstance(step, SgdStep):
             if L.affine:
+                lr = step.lr if profile.sgd_lr_dtype == "float64" else float(np.float32(step.lr))
                 for name, (grad, grad_mag, grad_sp) in grads.items():
                     if name in L.frozen:
                         continue
                     if name == "weight":
-                        w = w - step.lr * grad
+                        w = w - lr * grad
                     else:
-                        b = b - step.lr * grad
-                    mag[name] = mag[name] + step.lr * grad_mag
+                        b = b - lr * grad
+                    mag[name] = mag[name] + lr * grad_mag
                     if prec:
-                        sp[name] = sp[name] + step.lr * grad_sp
+                        sp[name] = sp[name] + lr * grad_sp
         # State observables after every step.
         if L.track_running_stats:
             put(i, "running_mean", rm.copy(), mag["running_mean"].copy(), sp["running_mean"].copy())

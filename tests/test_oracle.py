@@ -357,7 +357,7 @@ def test_canonical_and_semantic_profiles_carry_no_spread():
         assert all(e.spread is None for e in simulate(case, generate(case), prof).values.values())
 
 
-_TRAIN_BWD_SGD_EVAL = [{"op": "forward", "mode": "train"}, {"op": "backward"}, {"op": "sgd_step", "lr": 0.5},
+_TRAIN_BWD_SGD_EVAL = [{"op": "forward", "mode": "train"}, {"op": "backward"}, {"op": "sgd_step", "lr": 0.1},
                        {"op": "forward", "mode": "eval", "batch": 1}]
 
 
@@ -371,6 +371,7 @@ _TRAIN_BWD_SGD_EVAL = [{"op": "forward", "mode": "train"}, {"op": "backward"}, {
     ("accumulation_dtype", {"running_var": "input"}, "float16", (4, 3, 2, 2)),
     ("empty_batch_update", "nan", "float32", (0, 3)),
     ("empty_batch_update", "zero", "float32", (0, 3)),
+    ("sgd_lr_dtype", "float32", "float64", (4, 3, 2, 2)),
 ])
 def test_a_precision_or_empty_batch_knob_is_never_ignored(knob, value, dtype, shape):
     steps = _TRAIN_BWD_SGD_EVAL if shape[0] else [{"op": "forward", "mode": "train"}]
@@ -449,3 +450,13 @@ def test_mapping_knobs_merge_key_by_key():
     with pytest.raises(ValueError, match="grad_input"):
         oracle.merge_options([{"accumulation_dtype": {"grad_input": "float16"}},
                               {"accumulation_dtype": {"grad_input": "bfloat16"}}])
+
+
+def test_sgd_lr_dtype_float32_hand_value():
+    steps = [{"op": "forward", "mode": "train"}, {"op": "backward"}, {"op": "sgd_step", "lr": 0.1}]
+    case = make_case(steps)
+    arrays = generate(case)
+    base, f32 = simulate(case, arrays), simulate(case, arrays, CANONICAL.with_options("lr", sgd_lr_dtype="float32"))
+    g, w0 = base.values[(1, "grad_weight")].value, np.asarray(arrays.init["weight"], np.float64)
+    assert np.array_equal(f32.values[(2, "weight")].value, w0 - float(np.float32(0.1)) * g)
+    assert np.array_equal(base.values[(2, "weight")].value, w0 - 0.1 * g)
