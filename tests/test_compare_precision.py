@@ -15,7 +15,7 @@ from bnconform.compare import compare_one, expectations_agree, tolerance
 from bnconform.engine import run_cell
 from bnconform.oracle import CANONICAL, simulate
 
-from .numpy_bn import NumpyBatchNorm
+from .numpy_bn import MUTANTS, NumpyBatchNorm
 
 ROOT = Path(__file__).resolve().parents[1]
 CATALOGUE = load_catalogue([ROOT / "cases"], ROOT)
@@ -126,3 +126,14 @@ def test_an_empty_batch_update_is_judged_against_its_knob(mode):
 
     assert run_cell(empty, Row(), "0").verdict == "quirk"
     assert run_cell(empty, Undeclared(), "0").verdict == "fails"
+
+
+@pytest.mark.parametrize("mutant", MUTANTS, ids=lambda m: m.name)
+def test_the_one_pass_envelope_still_catches_every_injected_bug(mutant):
+    # A one-pass row with a classic BN bug, declared one-pass: the wider envelope must not hide the bug.
+    class Row(mutant):
+        variance_algorithm = "one_pass_clamped"
+        divergences = (Divergence(id="one-pass", kind="quirk", summary="s", source="test",
+                                  options={"variance_algorithm": "one_pass_clamped"}),)
+
+    assert any(run_cell(c, Row(), "0").verdict == "fails" for c in CATALOGUE.cases), mutant.name
