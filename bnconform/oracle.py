@@ -80,6 +80,10 @@ class Profile:
         ``"float32"`` (the new-batch weight m rounded to float32) or
         ``"float32_decay"`` (the DECAY 1 - m stored as float32, as ONNX and
         Paddle do: the effective weight is ``1 - fl32(1 - m)``).
+    ``sgd_lr_dtype``: precision in which the learning rate reaches the SGD
+        update: ``"float64"`` (as given) or ``"float32"`` (``w - fl32(lr) g``:
+        MXNet's ``SGDParam::lr`` is a C++ float, ``src/operator/optimizer_op-inl.h``;
+        visible in float64 cases).
     ``fixed_gamma``: gamma is treated as 1 in forward and backward and its
         gradient is 0 whatever value it holds (MXNet's default ``fix_gamma=True``,
         ``src/operator/nn/batch_norm.cc``).
@@ -137,6 +141,7 @@ class Profile:
     eps_dtype: Literal["float64", "float32"] = "float64"
     momentum_dtype: Literal["float64", "float32", "float32_decay"] = "float64"
     fixed_gamma: bool = False
+    sgd_lr_dtype: Literal["float64", "float32"] = "float64"
     empty_batch_update: Literal["skip", "nan", "zero"] = "skip"
     variance_algorithm: Literal["two_pass", "one_pass", "one_pass_clamped"] = "two_pass"
     compute_dtype: Literal["default", "input", "float64", "float32", "float16", "bfloat16"] = "default"
@@ -421,6 +426,7 @@ class _Forward:
     # variance used, as a _VarInterval, and the spread of the mean used.
     var_iv: "_VarInterval | None" = None
     mean_spread: np.ndarray | None = None
+    mean_model: np.ndarray | None = None
 
 
 @dataclass
@@ -470,6 +476,12 @@ def _s_dev_top(s_c, s_lo, s_hi, clamp):
     """``q(s) = s``: its deviation and maximum over ``[s_lo, s_hi]``."""
     with np.errstate(invalid="ignore"):
         return np.maximum(s_hi - s_c, s_c - s_lo), s_hi
+
+
+def _s3_dev_top(s_c, s_lo, s_hi, clamp):
+    """``q(s) = s^3``: its deviation and maximum over ``[s_lo, s_hi]``."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.maximum(s_hi**3 - s_c**3, s_c**3 - s_lo**3), s_hi**3
 
 
 def _range_of_cubic(A, C, s_c, s_lo, s_hi, extra=None):
@@ -687,17 +699,21 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
                     if var_iv is None:  # two-pass: the variance carries no envelope of its own
                         var_iv = _VarInterval(var, zeros(), zeros(), zeros(), zeros())
                     mean_sp = zeros()
+                    # The batch mean's model error u (sqrt(m) + 1) E|x| (see one_pass_error_bound):
+                    # the base tolerance covers it at the centre's 1/sqrt(var + eps), not over the
+                    # variance's range, where (x - mean) s moves by |d mean| |s - s_c| more.
+                    mean_model = UNIT_ROUNDOFF[emu_dtype] * (growth + 1.0) * abs_mean
                 else:
                     var_iv = _VarInterval(var, rv_off["lo0"].copy(), rv_off["hi0"].copy(), rv_off["loS"].copy(),
                                           rv_off["hiS"].copy())
-                    mean_sp = sp["running_mean"].copy()
-                last.var_iv, last.mean_spread = var_iv, mean_sp
+                    mean_sp, mean_model = sp["running_mean"].copy(), zeros()
+                last.var_iv, last.mean_spread, last.mean_model = var_iv, mean_sp, mean_model
                 w_sp = zeros() if profile.fixed_gamma else sp["weight"]
                 ds, s_top, unbounded = var_iv.envelope(L.eps, _s_dev_top)
                 with np.errstate(invalid="ignore", over="ignore"):
                     xm = np.abs(x - cv(mean))
                     y_sp = (_mul(xm, cv(np.abs(gamma) * ds + _mul(w_sp, s_top))) + cv(sp["bias"])
-                            + cv(_mul(np.abs(gamma) * mean_sp, s_top)))
+                            + cv(_mul(np.abs(gamma) * mean_sp, s_top)) + cv(_mul(np.abs(gamma) * mean_model, ds)))
                     y_sp = np.where(cv(unbounded), np.inf, y_sp)
                 y_sp = y_sp + b_spread("output", y, y_mag)
             put(i, "output", y, y_mag, y_sp)
@@ -738,12 +754,20 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
                             return _range_of_cubic(A, C, cv(s_c), cv(s_lo), cv(s_hi), cut)
 
                         dev, top, _ = iv.envelope(L.eps, cubic)
-                        dx_sp = _mul(cv(np.abs(gamma)), dev) + _mul(cv(w_sp), top)
+                        # The mean's model error d moves C = (x - mean) mean(g (x - mean)) by at most
+                        # d (|mean(g (x - mean))| + |x - mean| |mean(g)|) + d^2 |mean(g)| (exact:
+                        # C is quadratic in the mean), over the s^3 range.
+                        ds3, _, _ = iv.envelope(L.eps, _s3_dev_top)
+                        d, gbar = cv(last.mean_model), np.abs(g.mean(axis=axes, keepdims=True))
+                        dC = d * (np.abs((g * xm).mean(axis=axes, keepdims=True)) + np.abs(xm) * gbar) + d * d * gbar
+                        dx_sp = (_mul(cv(np.abs(gamma)), dev) + _mul(cv(w_sp), top)
+                                 + _mul(cv(np.abs(gamma)), _mul(dC, cv(ds3))))
                     else:
                         dx_sp = _mul(np.abs(g), cv(np.abs(gamma) * ds + _mul(w_sp, s_top)))
                     dx_sp = np.where(cv(unbounded), np.inf, dx_sp)
                     sgx = np.abs((g * xm).sum(axis=axes))
-                    dw_sp = _mul(sgx, ds) + _mul(np.abs(g.sum(axis=axes)) * last.mean_spread, s_top)
+                    dw_sp = (_mul(sgx, ds) + _mul(np.abs(g.sum(axis=axes)) * last.mean_spread, s_top)
+                             + _mul(np.abs(g.sum(axis=axes)) * last.mean_model, ds))
                     dw_sp = np.where(unbounded, np.inf, dw_sp)
                     if profile.fixed_gamma:
                         dw_sp = zeros()
@@ -763,16 +787,17 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
                     last.pending = None
         elif isinstance(step, SgdStep):
             if L.affine:
+                lr = step.lr if profile.sgd_lr_dtype == "float64" else float(np.float32(step.lr))
                 for name, (grad, grad_mag, grad_sp) in grads.items():
                     if name in L.frozen:
                         continue
                     if name == "weight":
-                        w = w - step.lr * grad
+                        w = w - lr * grad
                     else:
-                        b = b - step.lr * grad
-                    mag[name] = mag[name] + step.lr * grad_mag
+                        b = b - lr * grad
+                    mag[name] = mag[name] + lr * grad_mag
                     if prec:
-                        sp[name] = sp[name] + step.lr * grad_sp
+                        sp[name] = sp[name] + lr * grad_sp
         # State observables after every step.
         if L.track_running_stats:
             put(i, "running_mean", rm.copy(), mag["running_mean"].copy(), sp["running_mean"].copy())

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnconform.expect import for_adapter, parse
 from bnconform.arrays import generate
 from bnconform.catalogue import OBSERVABLES, Case, load_catalogue
 from bnconform.compare import compare_one, expectations_agree, tolerance
 from bnconform.engine import run_cell
+from bnconform.expect import for_adapter, parse
 from bnconform.oracle import CANONICAL, simulate
 
-from .numpy_bn import NumpyBatchNorm
+from .numpy_bn import MUTANTS, NumpyBatchNorm
 
 ROOT = Path(__file__).resolve().parents[1]
 CATALOGUE = load_catalogue([ROOT / "cases"], ROOT)
@@ -127,3 +127,14 @@ def test_an_empty_batch_update_is_judged_against_its_knob(mode):
 
     assert run_cell(empty, Row(), "0", expectations=_quirk(mode, empty_batch_update=mode)).verdict == "quirk"
     assert run_cell(empty, Row(), "0", expectations=()).verdict == "fails"
+
+
+@pytest.mark.parametrize("mutant", MUTANTS, ids=lambda m: m.name)
+def test_the_one_pass_envelope_still_catches_every_injected_bug(mutant):
+    # A one-pass row with a classic BN bug, declared one-pass: the wider envelope must not hide the bug.
+    class Row(mutant):
+        variance_algorithm = "one_pass_clamped"
+
+    row = Row()
+    declared = for_adapter(row) + _quirk("one-pass", variance_algorithm="one_pass_clamped")
+    assert any(run_cell(c, row, "0", expectations=declared).verdict == "fails" for c in CATALOGUE.cases), mutant.name

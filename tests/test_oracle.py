@@ -275,10 +275,12 @@ def test_one_pass_clamped_output_envelope_hand_values():
     # Centre: the emulated variance is 0 -> y = (x - mean) / sqrt(eps).
     np.testing.assert_allclose(e.value.ravel(), [-1 / np.sqrt(eps), 1 / np.sqrt(eps)], rtol=1e-12)
     # Model interval [0, B0 + 1] (B0 the bound, 1 the emulation's known error), SAFETY interval
-    # [0, 4 B0 + 1]: spread = max(4 (s(0) - s(B0 + 1)), s(0) - s(4 B0 + 1)) = 4 (s(0) - s(B0 + 1)).
+    # [0, 4 B0 + 1]: ds = max(4 (s(0) - s(B0 + 1)), s(0) - s(4 B0 + 1)) = 4 (s(0) - s(B0 + 1)),
+    # times |x - mean| = 1 plus the mean's model error u (sqrt(2) + 1) E|x|.
     b0 = oracle.one_pass_error_bound(np.array([[4097.0], [4099.0]]), 1, U32)[0]
     s = lambda v: 1 / np.sqrt(v + eps)  # noqa: E731
-    np.testing.assert_allclose(e.spread.ravel(), 4 * (s(0) - s(b0 + 1)), rtol=1e-12)
+    mean_err = U32 * (np.sqrt(2) + 1) * 4098.0
+    np.testing.assert_allclose(e.spread.ravel(), (1 + mean_err) * 4 * (s(0) - s(b0 + 1)), rtol=1e-12)
     # The two-pass (exact) answer lies inside the envelope.
     exact = np.array([-1.0, 1.0]) / np.sqrt(1 + eps)
     assert np.all(np.abs(exact - e.value.ravel()) <= e.spread.ravel())
@@ -317,21 +319,30 @@ def test_variance_envelope_contains_every_variance_of_the_safety_interval(algori
     v = oracle.one_pass_variance(x, 1, "float32", algorithm == "one_pass_clamped")
     width = 4 * oracle.one_pass_error_bound(x, 1, U32) + np.abs(v - exact)
     eps, w = case.layer.eps, np.ones(2)
-    for t in np.linspace(-1.0, 1.0, 41):
+    m = case.input.reduction_size
+    mean_err = U32 * (np.sqrt(m) + 1) * np.abs(x).mean(axis=(0, 2))  # the mean's model error
+    for t, sign in [(t, sign) for t in np.linspace(-1.0, 1.0, 41) for sign in (-1, 0, 1)]:
         var = v + t * width
         if algorithm == "one_pass_clamped":
             var = np.maximum(var, 0.0)
         if np.any(var + eps <= 0):
             continue
-        y = oracle.normalize(x, mean, var, eps, w, np.zeros(2), 1)
-        dx, dw, _ = oracle.backward_batch_stats(g, x, mean, var, eps, w, 1)
+        mu = mean + sign * mean_err
+        y = oracle.normalize(x, mu, var, eps, w, np.zeros(2), 1)
+        dx, dw, _ = oracle.backward_batch_stats(g, x, mu, var, eps, w, 1)
+        # A mean error's share at the centre's s = 1/sqrt(v + eps) belongs to the base tolerance.
+        s_c, xm = 1 / np.sqrt(v + eps), x - mean[None, :, None]
+        d, gbar = mean_err[None, :, None], np.abs(g.mean(axis=(0, 2), keepdims=True))
+        dC = d * (np.abs((g * xm).mean(axis=(0, 2), keepdims=True)) + np.abs(xm) * gbar) + d * d * gbar
+        share = {"output": (mean_err * s_c)[None, :, None], "grad_input": dC * (s_c**3)[None, :, None],
+                 "grad_weight": np.abs(g.sum(axis=(0, 2))) * mean_err * s_c}
         cands = [("output", y), ("grad_input", dx), ("grad_weight", dw)]
         if algorithm == "one_pass_clamped":  # at 0 the clamp cuts the variance's gradient path
             cut = np.where(var[None, :, None] == 0, (g - g.mean(axis=(0, 2), keepdims=True)) / np.sqrt(eps), dx)
             cands.append(("grad_input", cut))
         for name, val in cands:
             e = ex[(0 if name == "output" else 1, name)]
-            assert np.all(np.abs(val - e.value) <= e.spread * (1 + 1e-9)), (name, t)
+            assert np.all(np.abs(val - e.value) <= (e.spread + abs(sign) * share[name]) * (1 + 1e-9)), (name, t, sign)
     clamps = (v - width <= 0)
     assert algorithm == "one_pass" or clamps.any()  # the clamped branch is exercised
 
@@ -346,7 +357,7 @@ def test_canonical_and_semantic_profiles_carry_no_spread():
         assert all(e.spread is None for e in simulate(case, generate(case), prof).values.values())
 
 
-_TRAIN_BWD_SGD_EVAL = [{"op": "forward", "mode": "train"}, {"op": "backward"}, {"op": "sgd_step", "lr": 0.5},
+_TRAIN_BWD_SGD_EVAL = [{"op": "forward", "mode": "train"}, {"op": "backward"}, {"op": "sgd_step", "lr": 0.1},
                        {"op": "forward", "mode": "eval", "batch": 1}]
 
 
@@ -360,6 +371,7 @@ _TRAIN_BWD_SGD_EVAL = [{"op": "forward", "mode": "train"}, {"op": "backward"}, {
     ("accumulation_dtype", {"running_var": "input"}, "float16", (4, 3, 2, 2)),
     ("empty_batch_update", "nan", "float32", (0, 3)),
     ("empty_batch_update", "zero", "float32", (0, 3)),
+    ("sgd_lr_dtype", "float32", "float64", (4, 3, 2, 2)),
 ])
 def test_a_precision_or_empty_batch_knob_is_never_ignored(knob, value, dtype, shape):
     steps = _TRAIN_BWD_SGD_EVAL if shape[0] else [{"op": "forward", "mode": "train"}]
@@ -438,3 +450,13 @@ def test_mapping_knobs_merge_key_by_key():
     with pytest.raises(ValueError, match="grad_input"):
         oracle.merge_options([{"accumulation_dtype": {"grad_input": "float16"}},
                               {"accumulation_dtype": {"grad_input": "bfloat16"}}])
+
+
+def test_sgd_lr_dtype_float32_hand_value():
+    steps = [{"op": "forward", "mode": "train"}, {"op": "backward"}, {"op": "sgd_step", "lr": 0.1}]
+    case = make_case(steps)
+    arrays = generate(case)
+    base, f32 = simulate(case, arrays), simulate(case, arrays, CANONICAL.with_options("lr", sgd_lr_dtype="float32"))
+    g, w0 = base.values[(1, "grad_weight")].value, np.asarray(arrays.init["weight"], np.float64)
+    assert np.array_equal(f32.values[(2, "weight")].value, w0 - float(np.float32(0.1)) * g)
+    assert np.array_equal(base.values[(2, "weight")].value, w0 - 0.1 * g)
