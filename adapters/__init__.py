@@ -6,6 +6,9 @@ for execution paths that run as an env of their own (``torch.compile``).
 ``pytest --framework GROUP`` selects a group exactly. The pytest plugin instantiates them
 lazily: a missing framework never breaks collection of the others, and is
 reported loudly (an error when ``--framework`` demands it).
+
+Each group is covered by one file of ``expectations/`` (its ``groups:``), which
+documents the rows' quirks, known bugs and rejections (:mod:`bnconform.expect`).
 """
 
 BUILTIN: dict[str, tuple[str, str]] = {
@@ -27,6 +30,7 @@ BUILTIN: dict[str, tuple[str, str]] = {
     "flax.nnx.BatchNorm": ("adapters.flax_nnx:FlaxNNXBatchNorm", "flax"),
     "flax.nnx.BatchNorm[use_fast_variance=False]": ("adapters.flax_nnx:FlaxNNXBatchNormStableVariance", "flax"),
     "flax.linen.BatchNorm[use_fast_variance=False, jax.jit]": ("adapters.flax_jit:FlaxLinenBatchNormStableVarianceJit", "flax"),
+    "flax.linen.BatchNorm[jax.jit]": ("adapters.flax_jit:FlaxLinenBatchNormJit", "flax"),
     "onnxruntime BatchNormalization": ("adapters.onnxruntime_bn:OnnxRuntimeBatchNorm", "onnxruntime"),
     "onnx.reference BatchNormalization": ("adapters.onnxruntime_bn:OnnxReferenceBatchNorm", "onnx"),
     "paddle.nn.BatchNorm1D/2D/3D": ("adapters.paddle_bn:PaddleBatchNorm", "paddle"),
@@ -50,6 +54,7 @@ BUILTIN: dict[str, tuple[str, str]] = {
     "tf.compat.v1.nn.fused_batch_norm": ("adapters.tf_nn:FusedBatchNorm", "tensorflow"),
     "keras.layers.BatchNormalization[tensorflow, tf.function]": ("adapters.tf_compiled:BatchNormalizationTFFunction", "keras.tensorflow"),
     "keras.layers.BatchNormalization[tensorflow, tf.function(jit_compile=True)]": ("adapters.tf_compiled:BatchNormalizationTFXLA", "keras.tensorflow"),
+    "keras.layers.BatchNormalization[tensorflow, synchronized=True]": ("adapters.tf_compiled:BatchNormalizationTFSynchronized", "keras.tensorflow"),
     "tf.nn.moments+tf.nn.batch_normalization[tf.function]": ("adapters.tf_compiled:MomentsTFFunction", "tensorflow"),
     "tf.nn.moments+tf.nn.batch_normalization[tf.function(jit_compile=True)]": ("adapters.tf_compiled:MomentsTFXLA", "tensorflow"),
 }

@@ -37,92 +37,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnconform.adapter import Adapter, Divergence
+from bnconform.adapter import Adapter
 from bnconform.catalogue import OBSERVABLES, Backward, Case, Forward, SgdStep
 
 _PARAM = {"weight": "scale", "bias": "bias"}
-
-BIASED_RUNNING_VAR = Divergence(
-    id="flax-biased-running-var",
-    kind="quirk",
-    summary="the running variance is updated with the biased (population) batch variance, not m/(m-1) times it",
-    source=("flax/linen/normalization.py, BatchNorm.__call__: ra_var = momentum * ra_var + (1 - momentum) * var "
-            "with var from _compute_stats (mean of squares minus squared mean, or mean of squared deviations: "
-            "divisor N)"),
-    options={"running_var_correction": "biased"},
-)
-
-_FINDING = "findings/flax_batchnorm_precision.py"
-
-#: Cancellation threshold of the one-pass variance: max over channels and
-#: train batches of mean^2 / var (the variance's condition number minus 1,
-#: Higham 2002 sec. 1.9). Measured on the catalogue: every case <= 22.9 passes,
-#: every case >= 30.3 fails (float32); 25 lies in the gap.
-_KAPPA_FAST_VARIANCE = 25.0
-
-
-def _batch_kappa(case: Case) -> float:
-    """max mean^2/var over channels of the batches normalised with batch statistics."""
-    import warnings
-
-    from bnconform.arrays import generate
-    from bnconform.oracle import reduce_axes
-
-    arrays, kappa = generate(case), 0.0
-    for s in case.steps:
-        if isinstance(s, Forward) and (s.mode == "train" or not case.layer.track_running_stats):
-            x = np.asarray(arrays.batches[s.batch], np.float64)
-            if x.size == 0:
-                continue
-            axes = reduce_axes(x.ndim, case.input.axis)
-            with np.errstate(all="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                m, v = x.mean(axis=axes), x.var(axis=axes)
-                k = np.where(v > 0, m * m / np.where(v > 0, v, 1.0), 0.0)
-            if np.isfinite(k).any():
-                kappa = max(kappa, float(np.nanmax(k)))
-    return kappa
-
-
-FAST_VARIANCE = Divergence(
-    id="flax-fast-variance-cancellation",
-    kind="known_bug",
-    summary=("default use_fast_variance=True computes the batch variance as E[x^2] - E[x]^2 in float32: "
-             "catastrophic cancellation when |mean| >> std (expected where max mean^2/var of a batch-statistics "
-             "batch exceeds 25, float32/half inputs); use_fast_variance=False is accurate"),
-    source=("flax/linen/normalization.py _compute_stats (use_fast_variance: 'a faster, but less numerically "
-            "stable, calculation'); same formula replaced by two-pass in jax.nn.standardize"),
-    issue="https://github.com/jax-ml/jax/pull/37358",
-    finding=_FINDING,
-    observables=("output", "running_var", "grad_input", "grad_weight", "weight", "bias"),
-    when=lambda case: case.input.dtype != "float64" and _batch_kappa(case) > _KAPPA_FAST_VARIANCE,
-)
-
-EMPTY_BATCH_NAN = Divergence(
-    id="flax-empty-batch-nan-running-stats",
-    kind="known_bug",
-    summary=("a training call on an empty batch (N=0) averages the undefined (0/0) batch statistics into "
-             "batch_stats: running mean/var become NaN instead of staying unchanged"),
-    source="flax/linen/normalization.py BatchNorm.__call__ (ra = momentum * ra + (1 - momentum) * mean, no guard)",
-    finding=_FINDING,
-    observables=("running_mean", "running_var"),
-    when=lambda case: case.input.reduction_size == 0 and case.layer.track_running_stats
-    and any(isinstance(s, Forward) and s.mode == "train" for s in case.steps),
-)
-
-BF16_BACKWARD = Divergence(
-    id="flax-bf16-backward-precision",
-    kind="known_bug",
-    summary=("bfloat16 input (dtype=bfloat16, float32 params): jax.vjp's grad_input errs by several bfloat16 "
-             "half-ulps (the cotangents of the input's two float32 upcasts, in x - mean and in _compute_stats, "
-             "are each rounded to bfloat16 and summed there); expected on bfloat16 cases with a backward"),
-    source=("flax/linen/normalization.py _compute_stats (x.astype(float32)) and _normalize (x - mean); "
-            "jax convert_element_type transpose rounds each cotangent to the input dtype"),
-    finding=_FINDING,
-    observables=("grad_input",),
-    when=lambda case: case.input.dtype == "bfloat16" and any(isinstance(s, Backward) for s in case.steps),
-)
-
 
 class FlaxBatchNormAdapter(Adapter):
     """What the Flax BatchNorm APIs (linen and NNX) share: no ``num_batches_tracked``,
@@ -148,7 +66,6 @@ class FlaxBatchNormAdapter(Adapter):
 
 class FlaxLinenBatchNorm(FlaxBatchNormAdapter):
     name = "flax.linen.BatchNorm"
-    divergences = (BIASED_RUNNING_VAR, FAST_VARIANCE, EMPTY_BATCH_NAN, BF16_BACKWARD)
 
     def module(self, case: Case, arrays):
         import jax.numpy as jnp
@@ -215,4 +132,3 @@ class FlaxLinenBatchNormStableVariance(FlaxLinenBatchNorm):
 
     name = "flax.linen.BatchNorm[use_fast_variance=False]"
     use_fast_variance = False
-    divergences = (BIASED_RUNNING_VAR, EMPTY_BATCH_NAN, BF16_BACKWARD)

@@ -47,39 +47,15 @@ every case, as in the linen adapter).
 
 from __future__ import annotations
 
-from bnconform.adapter import Divergence
 from bnconform.catalogue import Backward, Case, Forward, SgdStep
 
-from .flax_linen import (BF16_BACKWARD, BIASED_RUNNING_VAR, EMPTY_BATCH_NAN, FAST_VARIANCE,
-                         FlaxBatchNormAdapter)
+from .flax_linen import FlaxBatchNormAdapter
 
 _PARAM = {"weight": "scale", "bias": "bias"}
 
 
-def _half_param_backward(case: Case) -> bool:
-    return (case.input.dtype in ("float16", "bfloat16") and case.layer.affine
-            and not {"weight", "bias"} <= set(case.layer.frozen)
-            and any(isinstance(s, Backward) for s in case.steps))
-
-
-HALF_PARAM_GRADS = Divergence(
-    id="flax-nnx-half-param-grads",
-    kind="known_bug",
-    summary=("float16/bfloat16 input (dtype = input dtype, float32 params): nnx.BatchNorm casts scale and bias to "
-             "the half dtype before normalising, so grad_weight/grad_bias are half-precision values (rel. err "
-             "~2e-4 float16, ~3e-3 bfloat16) where flax.linen.BatchNorm's are float32-accurate; expected on "
-             "half-precision cases with a backward and a trainable affine parameter"),
-    source=("flax/nnx/nn/normalization.py BatchNorm.__call__: self.promote_dtype((x, mean, var, scale, bias), "
-            "dtype=self.dtype) (flax.linen.BatchNorm's _normalize keeps scale/bias in param_dtype)"),
-    finding="findings/flax_nnx_half_param_grads.py",
-    observables=("grad_weight", "grad_bias", "weight", "bias"),
-    when=_half_param_backward,
-)
-
-
 class FlaxNNXBatchNorm(FlaxBatchNormAdapter):
     name = "flax.nnx.BatchNorm"
-    divergences = (BIASED_RUNNING_VAR, FAST_VARIANCE, EMPTY_BATCH_NAN, BF16_BACKWARD, HALF_PARAM_GRADS)
 
     def module(self, case: Case, arrays):
         import jax.numpy as jnp
@@ -156,4 +132,3 @@ class FlaxNNXBatchNormStableVariance(FlaxNNXBatchNorm):
 
     name = "flax.nnx.BatchNorm[use_fast_variance=False]"
     use_fast_variance = False
-    divergences = (BIASED_RUNNING_VAR, EMPTY_BATCH_NAN, BF16_BACKWARD, HALF_PARAM_GRADS)

@@ -42,88 +42,8 @@ import sys
 
 import numpy as np
 
-from bnconform.adapter import Adapter, Divergence
+from bnconform.adapter import Adapter
 from bnconform.catalogue import OBSERVABLES, Backward, Case, Forward, SgdStep
-
-KERAS_BIASED_MOVING_VARIANCE = Divergence(
-    id="keras3-biased-moving-variance",
-    kind="quirk",
-    summary=("moving_variance is updated with the biased batch variance (ops.moments, no Bessel correction), "
-             "unlike the paper's unbiased population estimate and tf-keras' fused path"),
-    source=("keras/src/layers/normalization/batch_normalization.py (BatchNormalization.call: "
-            "moving_variance * momentum + variance * (1 - momentum), variance from ops.moments); "
-            "https://github.com/keras-team/keras/issues/19649"),
-    options={"running_var_correction": "biased"},
-)
-
-def _empty_batch(case: Case) -> bool:
-    return case.input.reduction_size == 0 and any(isinstance(s, Forward) and s.mode == "train" for s in case.steps)
-
-
-KERAS_EMPTY_BATCH_NAN = Divergence(
-    id="keras3-empty-batch-nan-moving-stats",
-    kind="known_bug",
-    summary=("a training call on an empty batch (N=0) writes NaN into moving_mean and moving_variance (the "
-             "moments of zero values are 0/0); the layer's inference statistics are destroyed. tf-keras guarded "
-             "this with _support_zero_size_input (under a distribution strategy only); Keras 3 has no guard"),
-    source=("keras/src/layers/normalization/batch_normalization.py (BatchNormalization.call: moving statistics "
-            "assigned unconditionally from ops.moments)"),
-    finding="findings/keras_empty_batch_nan_moving_stats.py",
-    observables=("running_mean", "running_var"),
-    when=_empty_batch,
-)
-
-KERAS_FLOAT64_AS_FLOAT32 = Divergence(
-    id="keras3-float64-computed-in-float32",
-    kind="known_bug",
-    summary=("a dtype='float64' layer computes in float32 on the JAX and torch backends (output cast back to "
-             "float64): BatchNormalization.call uses compute_dtype = backend.result_type(inputs.dtype, 'float32'), "
-             "and result_type maps float64 to float32 on every backend but TensorFlow; errors ~1e-7 on float64 "
-             "cases (JAX: even with jax_enable_x64)"),
-    source=("keras/src/backend/common/dtypes.py (_lattice_result_type, BIT64_TO_BIT32_DTYPE) and "
-            "keras/src/layers/normalization/batch_normalization.py (call: compute_dtype)"),
-    issue="https://github.com/keras-team/keras/issues/23704",
-    finding="findings/keras3_float64_computed_in_float32.py",
-    observables=("output", "grad_input", "grad_weight", "grad_bias", "running_mean", "running_var", "weight",
-                 "bias"),
-    when=lambda case: case.input.dtype == "float64",
-)
-
-
-def _ill_conditioned(case: Case) -> bool:
-    """A channel of some input batch with mean^2 >= 1000 * variance (the one-pass
-    ``E[x^2] - E[x]^2`` in float32 keeps fewer than ~14 of 24 bits), or the
-    ``momentum-one`` case (mean^2 = 36 * variance, measured 1.4x over the stable
-    bound: momentum 1 copies one batch's variance, unaveraged, into the eval output)."""
-    if case.id == "momentum-one":
-        return True
-    from bnconform.arrays import generate
-    from bnconform.oracle import batch_stats
-
-    for x in generate(case).batches.values():
-        x = np.asarray(x, dtype=np.float64)
-        if x.size == 0:
-            continue
-        mean, var = batch_stats(x, case.input.axis)
-        if np.any((var > 0) & (mean**2 >= 1000.0 * var)):
-            return True
-    return False
-
-
-KERAS_TORCH_ONE_PASS_VARIANCE = Divergence(
-    id="keras3-torch-one-pass-variance",
-    kind="known_bug",
-    summary=("the torch backend's ops.moments computes the variance as E[x^2] - E[x]^2 with no clamp at 0: "
-             "catastrophic cancellation for inputs whose mean is large against their spread (NaN output when the "
-             "difference goes negative); the TF and JAX backends were fixed (keras PR #18795), torch was not. "
-             "Expected on inputs with a channel mean^2 >= 1000 * variance, and on momentum-one (see _ill_conditioned)"),
-    source=("keras/src/backend/torch/nn.py (moments: 'It is faster but less numerically stable'); "
-            "keras-team/keras-core#866 (fast vs stable variance)"),
-    issue="https://github.com/keras-team/keras/pull/18795",
-    finding="findings/keras3_torch_one_pass_variance.py",
-    observables=("output", "grad_input", "grad_weight", "grad_bias", "running_var"),
-    when=_ill_conditioned,
-)
 
 _POLICY = {"float64": "float64", "float32": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
@@ -138,7 +58,6 @@ class _Keras3(Adapter):
     framework = "keras"
     backend = ""
     observables = frozenset(OBSERVABLES) - {"num_batches_tracked"}
-    divergences = (KERAS_BIASED_MOVING_VARIANCE, KERAS_EMPTY_BATCH_NAN)
 
     # ------------------------------------------------------------ environment
     def framework_version(self) -> str:
@@ -277,7 +196,6 @@ class BatchNormalizationJAX(_Keras3):
     non-trainable state (moving statistics) is written back to the layer."""
 
     name, backend = "keras.layers.BatchNormalization[jax]", "jax"
-    divergences = _Keras3.divergences + (KERAS_FLOAT64_AS_FLOAT32,)
 
     def run(self, case, arrays):
         import jax
@@ -321,7 +239,6 @@ class BatchNormalizationTorch(_Keras3):
     (``variable.value``), as in Keras' PyTorch custom-training guide."""
 
     name, backend = "keras.layers.BatchNormalization[torch]", "torch"
-    divergences = _Keras3.divergences + (KERAS_FLOAT64_AS_FLOAT32, KERAS_TORCH_ONE_PASS_VARIANCE)
 
     def to_backend(self, a, dtype):
         import torch

@@ -68,108 +68,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from bnconform.adapter import Adapter, Divergence
+from bnconform.adapter import Adapter
 from bnconform.catalogue import OBSERVABLES, Backward, Case, Forward, SgdStep
-
-#: Documented design divergences of MXNet's CPU BatchNorm (native and oneDNN).
-BIASED_RUNNING_VAR = Divergence(
-    id="mxnet-running-var-biased",
-    kind="quirk",
-    summary=("the running variance is fed the BIASED batch variance sum((x-mean)^2)/m "
-             "(no Bessel correction), unlike Ioffe & Szegedy Alg. 2"),
-    source=("apache/mxnet 1.9.1 src/operator/nn/batch_norm.cc BatchNormForwardImpl "
-            "(variance = sum / itemCountPerChannel) and BatchNormBackwardImpl (EMA of that variance); "
-            "src/operator/nn/mkldnn/mkldnn_batch_norm-inl.h MKLDNNBatchNormBackwardImpl; "
-            "https://github.com/apache/mxnet/issues/14357, https://github.com/apache/mxnet/issues/18751"),
-    options={"running_var_correction": "biased"},
-)
-UPDATE_IN_BACKWARD = Divergence(
-    id="mxnet-stats-updated-in-backward",
-    kind="quirk",
-    summary=("the running statistics are updated in the BACKWARD pass from the statistics saved by the "
-             "training forward, once per backward call: a training forward without a backward leaves them "
-             "unchanged, two backwards through one forward apply the EMA twice"),
-    source=("apache/mxnet 1.9.1 src/operator/nn/batch_norm.cc BatchNormBackwardImpl ('update running "
-            "averages'), src/operator/nn/mkldnn/mkldnn_batch_norm-inl.h MKLDNNBatchNormBackwardImpl; "
-            "design: https://github.com/apache/mxnet/pull/853; reported: "
-            "https://github.com/apache/mxnet/issues/14357"),
-    # "each_backward": the update runs in every backward through the same forward (oracle knob
-    # proposed in /tmp/helpers/mxnet-notes.md); an oracle without it treats it as "backward".
-    options={"update_at": "each_backward"},
-)
-
-
-def _updates_in_backward(case: Case) -> bool:
-    """Whether some backward follows a training-mode forward (a running-stat update in MXNet)."""
-    train = False
-    for s in case.steps:
-        if isinstance(s, Forward):
-            train = s.mode == "train"
-        elif isinstance(s, Backward) and train:
-            return True
-    return False
-
-
-def _f32_inexact(v: float) -> bool:
-    return float(np.float32(v)) != float(v)
-
-
-def _sgd_lr_float32_bites(case: Case) -> bool:
-    """float64 case with an SGD step of a non-frozen parameter whose learning
-    rate is not exact in float32 (SGDParam::lr is a C++ float)."""
-    L = case.layer
-    return (case.input.dtype == "float64" and L.affine and len(L.frozen) < 2
-            and any(isinstance(s, SgdStep) and _f32_inexact(s.lr) for s in case.steps))
-
-
-MOMENTUM_FLOAT32_DECAY = Divergence(
-    id="mxnet-momentum-float32-decay",
-    kind="quirk",
-    summary=("the momentum is stored as the DECAY in a C++ float: the new-batch weight is 1 - fl32(1 - m) "
-             "(0.10000002384 for m = 0.1), visible in float64 running statistics"),
-    source=("apache/mxnet 1.9.1 src/operator/nn/batch_norm-inl.h (struct BatchNormParam: float momentum), "
-            "src/operator/nn/batch_norm.cc BatchNormBackwardImpl (running * momentum + batch * (1 - momentum))"),
-    options={"momentum_dtype": "float32_decay"},
-)
-SGD_LR_FLOAT32 = Divergence(
-    id="mxnet-sgd-lr-float32-in-float64",
-    kind="known_bug",
-    summary=("mx.optimizer.SGD / gluon.Trainer apply a float64 update with float32(lr) (SGDParam::lr is a C++ "
-             "float): weight and bias after sgd_step carry a ~1e-8 relative error in float64; expected on "
-             "float64 cases with an SGD step whose lr is not exact in float32"),
-    source=("apache/mxnet 1.9.1 src/operator/optimizer_op-inl.h (struct SGDParam: float lr; SGDKernel); "
-            "no upstream issue found (apache/mxnet is archived)"),
-    finding="findings/mxnet_float32_hyperparameters_float64.py",
-    observables=("weight", "bias"),
-    when=_sgd_lr_float32_bites,
-)
-
-
-def _float16_backward(case: Case) -> bool:
-    """float16 case whose backward produces a compared running_var update or grad_weight."""
-    if case.input.dtype != "float16" or not any(isinstance(s, Backward) for s in case.steps):
-        return False
-    return ((case.layer.track_running_stats and _updates_in_backward(case))
-            or (case.layer.affine and "weight" not in case.layer.frozen))
-
-
-FLOAT16_HALF_ARITHMETIC = Divergence(
-    id="mxnet-float16-half-precision-intermediates",
-    kind="known_bug",
-    summary=("float16 input (native kernel; oneDNN takes float32 only): var + eps is rounded to float16 in "
-             "VARIANCE_TO_INVSTD (DType(eps) makes mshadow's half_t operator+ return half_t), and the backward "
-             "rounds (x - mean) * dy to float16 per element before the float32 sum; running_var (recovered "
-             "from that invstd in backward) and grad_weight are off by ~1e-4 relative, beyond the float32 "
-             "accumulation bound the parameters are kept in; expected on float16 cases with a backward"),
-    source=("apache/mxnet 1.9.1 src/operator/nn/batch_norm.cc (VARIANCE_TO_INVSTD / INVSTD_TO_VARIANCE macros, "
-            "BatchNormBackwardImpl dotp), 3rdparty/mshadow/mshadow/half.h (MSHADOW_HALF_OPERATOR: half_t op T "
-            "returns half_t)"),
-    issue="https://github.com/apache/mxnet/issues/8509",
-    finding="findings/mxnet_float16_batchnorm_half_intermediates.py",
-    observables=("running_var", "grad_weight"),
-    when=_float16_backward,
-)
-
 
 def mkldnn_enabled() -> bool:
     """Whether MXNet takes its oneDNN (MKLDNN) path in this process:
@@ -194,8 +94,6 @@ class MXNetAdapter(Adapter):
     framework = "mxnet"
     path: ClassVar[str] = "onednn"
     observables = frozenset(OBSERVABLES) - {"num_batches_tracked"}
-    divergences = (BIASED_RUNNING_VAR, UPDATE_IN_BACKWARD, MOMENTUM_FLOAT32_DECAY, SGD_LR_FLOAT32,
-                   FLOAT16_HALF_ARITHMETIC)
 
     def available(self) -> str | None:
         if self.path != path_tag():
@@ -389,18 +287,6 @@ class SymbolBatchNormNative(SymbolBatchNorm):
     name, path = "mx.sym.BatchNorm[native]", "native"
 
 
-FIXED_GAMMA = Divergence(
-    id="mxnet-fix-gamma-default",
-    kind="quirk",
-    summary=("the operator's DEFAULT fix_gamma=True ignores a loaded or learned gamma: the layer normalises and "
-             "back-propagates with gamma = 1 and reports a zero gamma gradient (the stored gamma is also "
-             "overwritten with 1.0 by an inference forward, so `weight` is not compared on this row)"),
-    source=("src/operator/nn/batch_norm-inl.h BatchNormParam: fix_gamma default true; "
-            "src/operator/nn/batch_norm.cc BatchNormForwardImpl/BackwardImpl (gamma taken as 1, dgamma = 0)"),
-    options={"fixed_gamma": True},
-)
-
-
 class NDArrayBatchNormFixGamma(NDArrayBatchNorm):
     """``mx.nd.BatchNorm`` called with its DEFAULTS, i.e. ``fix_gamma=True`` even when the
     model loads or trains a gamma — the trap behind "my pretrained gamma has no effect"."""
@@ -408,7 +294,6 @@ class NDArrayBatchNormFixGamma(NDArrayBatchNorm):
     name = "mx.nd.BatchNorm[fix_gamma default, onednn]"
     default_fix_gamma = True
     observables = NDArrayBatchNorm.observables - {"weight"}
-    divergences = NDArrayBatchNorm.divergences + (FIXED_GAMMA,)
 
 
 class NDArrayBatchNormFixGammaNative(NDArrayBatchNormFixGamma):

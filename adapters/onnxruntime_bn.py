@@ -39,62 +39,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnconform.adapter import Adapter, Divergence
+from bnconform.adapter import Adapter
 from bnconform.catalogue import Backward, Case, Forward, SgdStep
 
 OPSET = 15
 _ONNX_DTYPE = {"float64": "DOUBLE", "float32": "FLOAT", "float16": "FLOAT16", "bfloat16": "BFLOAT16"}
 
-BIASED_RUNNING_VAR = Divergence(
-    id="onnx-biased-running-var",
-    kind="quirk",
-    summary=("training_mode=1 updates running_var with the population (biased, /N) batch variance, "
-             "not the unbiased m/(m-1) estimate of paper Alg. 2"),
-    source=("onnx/defs/nn/defs.cc, BatchNormalization-15 schema doc: 'ReduceVar refers to the population "
-            "variance ... (this formula does not use sample size N - 1)'; "
-            "onnx/reference/ops/op_batch_normalization.py _batchnorm_training_mode: x.var(axis) (ddof=0)"),
-    options={"running_var_correction": "biased"},
-)
-
-
-
-def _batch_stats_used(case: Case) -> bool:
-    return any(isinstance(s, Forward) and (s.mode == "train" or not case.layer.track_running_stats)
-               for s in case.steps)
-
-
-EMPTY_BATCH_NAN = Divergence(
-    id="onnx-empty-batch-nan-running-stats",
-    kind="known_bug",
-    summary=("training_mode=1 on an empty batch (N=0) averages the undefined (0/0) batch statistics into "
-             "running_mean/running_var, which become NaN, instead of leaving them unchanged"),
-    source=("onnx/defs/nn/defs.cc BatchNormalization-15 (update formula only, empty batch undefined); "
-            "onnx/reference/ops/op_batch_normalization.py _batchnorm_training_mode (x.mean of an empty axis); "
-            "onnxruntime/core/providers/cpu/nn/batch_norm.h"),
-    finding="findings/onnx_batchnorm_empty_batch_nan.py",
-    observables=("running_mean", "running_var"),
-    when=lambda case: case.input.reduction_size == 0 and case.layer.track_running_stats
-    and any(isinstance(s, Forward) and s.mode == "train" for s in case.steps),
-)
-
-#: ``epsilon`` and ``momentum`` are FLOAT attributes: a float64 graph runs with
-#: eps and the decay rounded to float32 (errors ~1e-8 relative, visible only in
-#: float64 cases); the oracle reproduces it with eps_dtype/momentum_dtype.
-FLOAT32_ATTRIBUTES = Divergence(
-    id="onnx-float32-attributes",
-    kind="quirk",
-    summary="epsilon and momentum (the decay) are FLOAT attributes: float64 graphs use them rounded to float32",
-    source=("onnx/defs/nn/defs.cc BatchNormalization-15: Attr(\"epsilon\", ..., AttributeProto::FLOAT, 1e-5f), "
-            "Attr(\"momentum\", ..., AttributeProto::FLOAT, 0.9f); onnx/onnx.proto AttributeProto.f is float"),
-    options={"eps_dtype": "float32", "momentum_dtype": "float32_decay"},
-)
-
-
 class _OnnxBatchNorm(Adapter):
     """Shared translation: one BatchNormalization node per (mode, dtype) graph."""
 
     observables = frozenset({"output", "running_mean", "running_var"})
-    divergences = tuple(d for d in (BIASED_RUNNING_VAR, FLOAT32_ATTRIBUTES, EMPTY_BATCH_NAN) if d)
     #: input dtypes the runtime executes (others -> unsupported)
     dtypes: tuple[str, ...] = ("float32", "float64", "float16")
     bfloat16_reason = ""
@@ -207,22 +161,6 @@ class OnnxReferenceBatchNorm(_OnnxBatchNorm):
     name = "onnx.reference BatchNormalization"
     framework = "onnx"
     dtypes = ("float32", "float64", "float16", "bfloat16")
-    divergences = _OnnxBatchNorm.divergences + (
-        Divergence(
-            id="onnx-reference-half-stats-in-half",
-            kind="known_bug",
-            summary=("float16/bfloat16 X with float32 statistics: _batchnorm_training_mode computes the batch "
-                     "mean/variance, Y and the running statistics in X's half type and returns running_mean/"
-                     "running_var in that type (declared float32, T2); Y is off by many half-ulps"),
-            source=("onnx/reference/ops/op_batch_normalization.py _batchnorm_training_mode: "
-                    "saved_mean = x.mean(axis); ... output_mean.astype(x.dtype); the schema "
-                    "(onnx/defs/nn/defs.cc) says ReduceMean/ReduceVar use float for float16 inputs"),
-            finding="findings/onnx_reference_half_batchnorm.py",
-            observables=("output", "running_mean", "running_var"),
-            when=lambda case: case.input.dtype in ("float16", "bfloat16") and _batch_stats_used(case),
-        ),
-    )
-
     def feed_x(self, x: np.ndarray, dtype: str) -> np.ndarray:
         if dtype == "bfloat16":  # the evaluator's bfloat16 is ml_dtypes' (exact from bfloat16-valued float32)
             import ml_dtypes

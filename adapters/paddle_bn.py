@@ -29,77 +29,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnconform.adapter import Adapter, Divergence
+from bnconform.adapter import Adapter
 from bnconform.catalogue import OBSERVABLES, Backward, Case, Forward, SgdStep
 
 _FORMATS = {(2, 1): ("BatchNorm1D", "NC"), (3, 1): ("BatchNorm1D", "NCL"), (3, 2): ("BatchNorm1D", "NLC"),
             (4, 1): ("BatchNorm2D", "NCHW"), (4, 3): ("BatchNorm2D", "NHWC"),
             (5, 1): ("BatchNorm3D", "NCDHW"), (5, 4): ("BatchNorm3D", "NDHWC")}
-
-BIASED_RUNNING_VAR = Divergence(
-    id="paddle-cpu-biased-running-var",
-    kind="quirk",
-    summary="the CPU kernel updates the moving variance with the biased (divisor N) batch variance",
-    source=("paddle/phi/kernels/cpu/batch_norm_kernel.cc (BatchNormKernel: saved variance = sum((x-mean)^2)/(N*sample_size), "
-            "running_var = running_var * momentum + saved_variance * (1 - momentum))"),
-    options={"running_var_correction": "biased"},
-)
-
-_FINDING = "findings/paddle_batchnorm_cpu.py"
-
-
-def _has(case: Case, op) -> bool:
-    return any(isinstance(s, op) for s in case.steps)
-
-
-KNOWN_BUGS = (
-    Divergence(
-        id="paddle-one-frozen-param-drops-other-grad",
-        kind="known_bug",
-        summary=("freezing one affine parameter (stop_gradient) leaves the other, trainable one without a "
-                 "gradient (grad None), so SGD never updates it; expected when exactly one of weight/bias is "
-                 "frozen and a backward runs"),
-        source="paddle/phi/kernels/cpu/batch_norm_grad_kernel.cc (scale/bias gradients computed only together)",
-        finding=_FINDING,
-        observables=("grad_weight", "grad_bias", "weight", "bias", "output", "grad_input"),
-        when=lambda case: case.layer.affine and len(case.layer.frozen) == 1 and _has(case, Backward),
-    ),
-    Divergence(
-        id="paddle-eval-batch-stats-wrong-grad",
-        kind="known_bug",
-        summary=("use_global_stats=False (batch statistics in every mode) under layer.eval(): grad_input and "
-                 "grad_weight are not the gradient of the batch-statistics forward; expected when an eval-mode "
-                 "forward of an untracked layer is back-propagated"),
-        source=("python/paddle/nn/functional/norm.py batch_norm: eval -> is_test=True, "
-                "trainable_statistics=True; paddle/phi/kernels/cpu/batch_norm_grad_kernel.cc"),
-        finding=_FINDING,
-        observables=("grad_input", "grad_weight", "weight", "output"),
-        when=lambda case: not case.layer.track_running_stats and _has(case, Backward) and any(
-            isinstance(s, Forward) and s.mode != "train" and any(isinstance(t, Backward) for t in case.steps[i + 1:])
-            for i, s in enumerate(case.steps)),
-    ),
-    Divergence(
-        id="paddle-single-value-identity",
-        kind="known_bug",
-        summary=("one value per channel in training: the CPU kernel returns y = x unnormalised and leaves the "
-                 "moving statistics unchanged (expected when N * spatial == 1 in a train forward)"),
-        source=("paddle/phi/kernels/cpu/batch_norm_kernel.cc BatchNormKernel: 'if (N * sample_size == 1)' "
-                "copies x to y and returns"),
-        finding=_FINDING,
-        observables=("output", "running_mean", "running_var"),
-        when=lambda case: case.input.reduction_size == 1 and any(
-            isinstance(s, Forward) and s.mode == "train" for s in case.steps),
-    ),
-)
-
-FLOAT32_ATTRIBUTES = Divergence(
-    id="paddle-float32-attributes",
-    kind="quirk",
-    summary="momentum and epsilon are float (float32) op attributes: float64 layers use them rounded to float32",
-    source="paddle/phi/kernels/batch_norm_kernel.h BatchNormKernel(..., bool is_test, float momentum, float epsilon, ...)",
-    options={"eps_dtype": "float32", "momentum_dtype": "float32_decay"},
-)
-
 
 def paddle_version() -> str:
     import paddle
@@ -111,7 +46,6 @@ class PaddleBatchNorm(Adapter):
     name = "paddle.nn.BatchNorm1D/2D/3D"
     framework = "paddle"
     observables = frozenset(OBSERVABLES) - {"num_batches_tracked"}
-    divergences = tuple(d for d in (BIASED_RUNNING_VAR, FLOAT32_ATTRIBUTES) + KNOWN_BUGS if d)
 
     def capabilities(self, case: Case) -> str | None:
         rank, axis = len(case.input.shape), case.input.axis

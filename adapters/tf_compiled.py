@@ -36,12 +36,7 @@ as ``E[x^2] - E[x]^2`` (clamped at 0) from all-reduced sums, with
 
 from __future__ import annotations
 
-import numpy as np
-
-from bnconform.adapter import Divergence
-from bnconform.catalogue import Case
-
-from .keras3 import KERAS_BIASED_MOVING_VARIANCE, BatchNormalizationTF, _empty_batch
+from .keras3 import BatchNormalizationTF
 from .tf_nn import MomentsBatchNormalization
 
 
@@ -113,72 +108,16 @@ class MomentsTFXLA(_MomentsTFFunction):
     jit_compile = True
 
 
-def _one_pass_ill_conditioned(case: Case) -> bool:
-    """Some input batch has a channel with ``mean^2 >= 50 * variance`` (float64
-    statistics of the case's arrays). The float32 one-pass variance's relative
-    error grows with ``mean^2 / variance``; the bound 50 is MEASURED on the
-    catalogue (keras 3.15.1, TF 2.21.0 CPU): every case at or above it fails,
-    none below 36 except train-5steps-m0.1 (20.3) and train-5steps-m0.5 (30.3),
-    which stay ``fails`` (they interleave with passing cases at 21-36)."""
-    from bnconform.arrays import generate
-    from bnconform.oracle import batch_stats
-
-    for x in generate(case).batches.values():
-        x = np.asarray(x, dtype=np.float64)
-        if x.size == 0:
-            continue
-        mean, var = batch_stats(x, case.input.axis)
-        if np.any((var > 0) & (mean**2 >= 50.0 * var)):
-            return True
-    return False
-
-
-KERAS_SYNC_ONE_PASS_VARIANCE = Divergence(
-    id="keras3-synchronized-one-pass-variance",
-    kind="known_bug",
-    summary=("synchronized=True computes the batch variance as max(E[x^2] - E[x]^2, 0) from reduced float32 sums "
-             "(also on one replica without a strategy: the default replica context): cancellation when a channel's "
-             "mean is large against its spread (variance clamped to 0, outputs ~1e3 on large offsets). The "
-             "unsynchronized TF path uses tf.nn.moments (two-pass; keras PR #18795 fixed it, not the sync path). "
-             "Expected where a channel has mean^2 >= 50 * variance (see _one_pass_ill_conditioned)"),
-    source=("keras/src/backend/tensorflow/nn.py (_compute_moments_sync: 'var = E(x^2) - E(x)^2'; "
-            "tf.distribute.get_replica_context() is the default context outside strategies)"),
-    issue="https://github.com/keras-team/keras/pull/18795",
-    finding="findings/keras3_synchronized_one_pass_variance.py",
-    observables=("output", "grad_input", "grad_weight", "grad_bias", "running_var"),
-    when=_one_pass_ill_conditioned,
-)
-
-KERAS_SYNC_EMPTY_BATCH_ZERO = Divergence(
-    id="keras3-synchronized-empty-batch-zero-moments",
-    kind="known_bug",
-    summary=("synchronized=True, training call on an empty batch (N=0): divide_no_nan makes the batch mean and "
-             "variance 0, which are averaged into moving_mean / moving_variance (pulled toward 0 by the momentum) "
-             "although the batch carries no statistics (unsynchronized Keras writes NaN instead)"),
-    source="keras/src/backend/tensorflow/nn.py (_compute_moments_sync: tf.math.divide_no_nan(y_sum, count_sum))",
-    finding="findings/keras3_synchronized_one_pass_variance.py",
-    observables=("running_mean", "running_var"),
-    when=_empty_batch,
-)
-
-
 class BatchNormalizationTFSynchronized(BatchNormalizationTF):
     """``keras.layers.BatchNormalization(synchronized=True)``, eager, no
     distribution strategy (one replica: the default replica context).
     ``synchronized`` is a plain attribute read by ``_moments`` on each call
     (``BatchNormalization.__init__`` only stores it): set on the layer the
-    eager program built.
-
-    NOT registered in ``adapters.BUILTIN``: its one-pass-variance known bug is
-    selected by a conditioning cut-off fitted to the catalogue, and
-    ``train-5steps-m0.1`` / ``train-5steps-m0.5`` (mean^2/var 20-30) fail by
-    1.1x / 1.4x the tolerance while cases with larger ratios pass — the row
-    would gate on rounding. Run it with
-    ``--adapter adapters.tf_compiled:BatchNormalizationTFSynchronized``.
+    eager program built. Its one-pass variance is an oracle option emulating
+    the algorithm at float32 on the case's arrays (``expectations/keras.yaml``).
     """
 
     name = "keras.layers.BatchNormalization[tensorflow, synchronized=True]"
-    divergences = (KERAS_BIASED_MOVING_VARIANCE, KERAS_SYNC_EMPTY_BATCH_ZERO, KERAS_SYNC_ONE_PASS_VARIANCE)
 
     def forward(self, layer, x, training, need_grad, params):
         layer.synchronized = True

@@ -29,35 +29,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnconform.adapter import Adapter, Divergence
+from bnconform.adapter import Adapter
 from bnconform.catalogue import OBSERVABLES, Backward, Case, Forward, SgdStep
 
 _POLICY = {"float64": "float64", "float32": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
-
-
-def _empty_batch(case: Case) -> bool:
-    return case.input.reduction_size == 0 and any(isinstance(s, Forward) and s.mode == "train" for s in case.steps)
-
-
-def _decay_rounded(case: Case) -> bool:
-    if case.input.dtype != "float64" or case.layer.momentum is None:
-        return False
-    decay = 1.0 - (1.0 - case.layer.momentum)
-    return float(np.float32(decay)) != decay and any(
-        isinstance(s, Forward) and s.mode == "train" for s in case.steps)
-
-
-TF_KERAS_EMPTY_BATCH_NAN = Divergence(
-    id="tf-keras-empty-batch-nan-moving-stats",
-    kind="known_bug",
-    summary=("a training call on an empty batch (N=0) writes NaN into moving_mean and moving_variance: the "
-             "zero-size guard (_support_zero_size_input) is only active under a distribution strategy"),
-    source=("tf_keras/src/layers/normalization/batch_normalization.py (_support_zero_size_input, "
-            "_assign_moving_average's inputs_size guard)"),
-    finding="findings/keras_empty_batch_nan_moving_stats.py",
-    observables=("running_mean", "running_var"),
-    when=_empty_batch,
-)
 
 
 class _TFKeras(Adapter):
@@ -149,28 +124,3 @@ class BatchNormalizationNonFused(_TFKeras):
     ``tf.nn.batch_normalization`` + ``_assign_moving_average``."""
 
     name, fused = "tf_keras.layers.BatchNormalization(fused=False)", False
-    divergences = (
-        Divergence(
-            id="tf-keras-nonfused-biased-moving-variance",
-            kind="quirk",
-            summary=("fused=False updates moving_variance with the biased batch variance of tf.nn.moments, while "
-                     "fused=True (same layer, same data) uses the unbiased one"),
-            source=("tf_keras/src/layers/normalization/batch_normalization.py (call: tf.nn.moments then "
-                    "_assign_moving_average); https://github.com/tensorflow/tensorflow/issues/55545"),
-            options={"running_var_correction": "biased"},
-        ),
-        TF_KERAS_EMPTY_BATCH_NAN,
-        Divergence(
-            id="tf-keras-float64-decay-rounded-to-float32",
-            kind="known_bug",
-            summary=("with a float64 layer the moving-average decay 1 - momentum is created as a float32 tensor "
-                     "and only then cast to float64, so the running statistics move by a float32-rounded factor "
-                     "(e.g. 0.1 -> 0.100000001490116): relative errors ~1e-8, far above float64 rounding; expected "
-                     "on float64 cases with a training step whose decay is not a float32 number"),
-            source=("tf_keras/src/layers/normalization/batch_normalization.py (_assign_moving_average: "
-                    "decay = tf.convert_to_tensor(1.0 - momentum) then tf.cast(decay, variable.dtype))"),
-            finding="findings/tf_keras_float64_decay_rounded.py",
-            observables=("running_mean", "running_var", "output"),
-            when=_decay_rounded,
-        ),
-    )

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnconform.adapter import Adapter, Divergence
+from bnconform.adapter import Adapter
 from bnconform.catalogue import OBSERVABLES, Backward, Case, Forward, SgdStep
 
 
@@ -107,18 +107,6 @@ class MomentsBatchNormalization(_TFFunctional):
     """``tf.nn.moments`` + ``tf.nn.batch_normalization`` + ``assign_sub`` EMA."""
 
     name = "tf.nn.moments+tf.nn.batch_normalization"
-    divergences = (
-        Divergence(
-            id="tf-nn-moments-biased-running-variance",
-            kind="quirk",
-            summary=("tf.nn.moments returns the population (biased) variance; a running average built from it "
-                     "(as tf-keras' non-fused BatchNormalization does) is biased"),
-            source=("tensorflow/python/ops/nn_impl.py (moments: variance = mean of squared_difference, no "
-                    "Bessel correction); https://github.com/tensorflow/tensorflow/issues/55545"),
-            options={"running_var_correction": "biased"},
-        ),
-    )
-
     def normalize(self, x, state, training, case):
         tf, L, axis = self.tf, case.layer, case.input.axis
         ndim = len(case.input.shape)

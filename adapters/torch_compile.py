@@ -13,34 +13,12 @@ mutated by the compiled graph; ``torch/_dynamo`` functionalises the in-place
 
 from __future__ import annotations
 
-from bnconform.adapter import Divergence
-from bnconform.catalogue import Backward, Case
+from bnconform.catalogue import Case
 
 from .torch_functional import FunctionalBatchNorm
 from ._torch import MODULE_BY_RANK
 from .torch_nn import _TorchModule
 
-
-
-def _half_backward(case: Case) -> bool:
-    return case.input.dtype in ("float16", "bfloat16") and any(isinstance(s, Backward) for s in case.steps)
-
-
-#: Inductor's batch-norm backward for float16/bfloat16 inputs is less accurate
-#: than eager (which accumulates in float32 and conforms).
-INDUCTOR_HALF_BACKWARD = Divergence(
-    id="inductor-half-precision-bn-backward",
-    kind="known_bug",
-    summary=("float16/bfloat16 input: the inductor-compiled backward gives grad_input and grad_weight 2-130x "
-             "outside the float32-accumulation bound that eager meets (expected on half-precision cases with a "
-             "backward). Related upstream: inductor elides low-precision casts by default "
-             "(TORCHINDUCTOR_EMULATE_PRECISION_CASTS, pytorch/pytorch#183761)"),
-    source=("torch/_decomp/decompositions.py native_batch_norm_backward (the decomposition inductor lowers) "
-            "vs aten/src/ATen/native/cpu/batch_norm_kernel.cpp (eager, opmath_t accumulation)"),
-    finding="findings/torch_compile_half_bn_backward.py",
-    observables=("grad_input", "grad_weight", "grad_bias"),
-    when=_half_backward,
-)
 
 
 class _Fresh:
@@ -59,7 +37,6 @@ class CompiledModule(_Fresh, _TorchModule):
     name = "torch.compile(nn.BatchNormNd)"
     ranks = (2, 3, 4, 5)
     fullgraph = False
-    divergences = (INDUCTOR_HALF_BACKWARD,)
 
     def module_for(self, case: Case) -> str:
         return MODULE_BY_RANK[len(case.input.shape)]
@@ -77,26 +54,12 @@ class CompiledModuleFullGraph(CompiledModule):
 
     name = "torch.compile(nn.BatchNormNd, fullgraph=True)"
     fullgraph = True
-    divergences = (
-        INDUCTOR_HALF_BACKWARD,
-        Divergence(
-            id="fullgraph-cumulative-average",
-            kind="quirk",
-            summary=("momentum=None cannot be compiled with fullgraph=True: the factor 1/num_batches_tracked is "
-                     "data-dependent (a graph break), which fullgraph turns into an error"),
-            source=("torch/nn/modules/batchnorm.py _BatchNorm.forward (1.0 / float(self.num_batches_tracked)); "
-                    "torch.compile docs: fullgraph=True raises on graph breaks"),
-            raises=r"data-dependent",
-            when=lambda case: case.uses_cumulative_average,
-        ),
-    )
 
 
 class CompiledFunctional(_Fresh, FunctionalBatchNorm):
     """``torch.compile(torch.nn.functional.batch_norm)``."""
 
     name = "torch.compile(F.batch_norm)"
-    divergences = (INDUCTOR_HALF_BACKWARD,)
 
     def run(self, case, arrays):
         self._compiled = None

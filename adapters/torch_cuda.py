@@ -23,39 +23,8 @@ tensors are created on the device and copied back with ``.cpu()``.
 
 from __future__ import annotations
 
-from bnconform.adapter import Divergence
-from bnconform.catalogue import Backward, Case
-
 from ._torch import MODULE_BY_RANK
 from .torch_nn import _TorchModule
-
-
-def _half_backward(case: Case, dtypes=("float16", "bfloat16")) -> bool:
-    return case.input.dtype in dtypes and any(isinstance(s, Backward) for s in case.steps)
-
-
-def _cudnn_eligible(case: Case) -> bool:
-    """torch's ``_select_batch_norm_backend`` conditions that a case decides:
-    rank >= 3, weight and bias defined, input not bfloat16."""
-    return len(case.input.shape) >= 3 and case.layer.affine and case.input.dtype != "bfloat16"
-
-
-def _native_half_backward(summary_path: str, when) -> Divergence:
-    return Divergence(
-        id="cuda-native-half-backward-accumulation",
-        kind="known_bug",
-        summary=("float16/bfloat16 input with float32 parameters, backward on torch's native CUDA kernels "
-                 f"({summary_path}): grad_weight and grad_bias (and in bfloat16 grad_input) carry errors of "
-                 "reduced-precision accumulation, 3e-3..7e-2 on sums of 100 values, 20-100x outside the "
-                 "float32-accumulation bound that cuDNN, the native channels-last kernels and the CPU meet"),
-        source=("aten/src/ATen/native/cuda/Normalization.cu, batch_norm_backward_cuda: the fused reduction + "
-                "elementwise kernel (batch_norm_backward_cuda_template) for contiguous input, and the generic "
-                "batch_norm_backward_reduce path for mixed memory formats; _select_batch_norm_backend in "
-                "aten/src/ATen/native/Normalization.cpp never hands bfloat16 to cuDNN"),
-        finding="findings/torch_cuda_half_param_grads.py",
-        observables=("grad_input", "grad_weight", "grad_bias"),
-        when=when,
-    )
 
 
 class BatchNormCUDA(_TorchModule):
@@ -65,9 +34,6 @@ class BatchNormCUDA(_TorchModule):
     device = "cuda"
     ranks = tuple(MODULE_BY_RANK)
     cudnn = True
-    divergences = (_native_half_backward(
-        "bfloat16 always, float16 where cuDNN is not eligible: rank 2 or affine=false",
-        lambda case: _half_backward(case) and not _cudnn_eligible(case)),)
 
     def framework_build(self) -> str | None:
         """cuDNN version and device name (``framework_version`` stays torch's PEP 440 version)."""
@@ -91,7 +57,6 @@ class BatchNormCUDANative(BatchNormCUDA):
 
     name = "torch.nn.BatchNormNd[cuda, native]"
     cudnn = False
-    divergences = (_native_half_backward("cuDNN disabled: every half-precision backward", _half_backward),)
 
 
 class BatchNorm2dCUDAChannelsLast(BatchNormCUDA):
@@ -103,11 +68,6 @@ class BatchNorm2dCUDAChannelsLast(BatchNormCUDA):
 
     name = "torch.nn.BatchNorm2d[cuda, channels_last]"
     module_name, ranks = "BatchNorm2d", (4,)
-    # grad_output arrives contiguous (NCHW), as in the CPU channels_last row: the
-    # mixed memory formats take the generic reduction; float16 goes to cuDNN.
-    divergences = (_native_half_backward(
-        "bfloat16 channels_last input with a contiguous grad_output",
-        lambda case: _half_backward(case, ("bfloat16",))),)
 
     def prepare(self, x):
         return x.contiguous(memory_format=self.torch.channels_last)

@@ -12,7 +12,6 @@ Idioms translated:
 
 from __future__ import annotations
 
-from bnconform.adapter import Divergence
 from bnconform.catalogue import Backward, Case, Forward, SgdStep
 
 from ._torch import TorchAdapter
@@ -103,22 +102,6 @@ class BatchNorm2dChannelsLast(BatchNorm2d):
     """
 
     name = "torch.nn.BatchNorm2d[channels_last]"
-    divergences = (
-        Divergence(
-            id="bf16-channels-last-mixed-format-backward",
-            kind="known_bug",
-            summary=("bfloat16 input in channels_last with a contiguous grad_output: grad_input, grad_weight and "
-                     "grad_bias lose precision (errors of bfloat16 accumulation, ~1e-2 relative), while the same "
-                     "call with matching memory formats is accurate; expected on bfloat16 cases with a backward"),
-            source=("aten/src/ATen/native/Normalization.cpp, batch_norm_backward_cpu_template: when input and "
-                    "grad_out memory formats differ (all_contiguous is false) the vectorised "
-                    "batch_norm_cpu_backward_stub is skipped for a fallback path"),
-            finding="findings/torch_bf16_channels_last_backward.py",
-            observables=("grad_input", "grad_weight", "grad_bias"),
-            when=lambda case: case.input.dtype == "bfloat16" and any(isinstance(s, Backward) for s in case.steps),
-        ),
-    )
-
     def prepare(self, x):
         return x.contiguous(memory_format=self.torch.channels_last)
 

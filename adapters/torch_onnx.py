@@ -25,7 +25,6 @@ import importlib
 import io
 import warnings
 
-from bnconform.adapter import Divergence
 from bnconform.catalogue import Case, Forward
 
 from ._torch import MODULE_BY_RANK, TorchAdapter
@@ -86,23 +85,10 @@ class _OnnxExport(TorchAdapter):
         return obs
 
 
-#: ONNX attributes ``epsilon``/``momentum`` are 32-bit FLOATs.
-FLOAT32_ATTRIBUTES = Divergence(
-    id="onnx-float32-attributes",
-    kind="quirk",
-    summary=("eps travels as a 32-bit FLOAT attribute of BatchNormalization: eps=1e-5 becomes "
-             "9.99999974738e-06, visible in float64 cases"),
-    source="onnx/defs/nn/defs.cc, BatchNormalization-15: attribute epsilon is AttributeProto::FLOAT",
-    options={"eps_dtype": "float32"},
-)
-
-
-
 class TorchScriptExport(_OnnxExport):
     """``torch.onnx.export(dynamo=False)`` (TorchScript-based exporter, opset 15) -> onnxruntime."""
 
     name = "torch.onnx.export(dynamo=False) -> onnxruntime"
-    divergences = (FLOAT32_ATTRIBUTES,)
 
 
 class DynamoExport(_OnnxExport):
@@ -110,31 +96,3 @@ class DynamoExport(_OnnxExport):
 
     name = "torch.onnx.export(dynamo=True) -> onnxruntime"
     dynamo = True
-    divergences = (
-        FLOAT32_ATTRIBUTES,
-        Divergence(
-            id="dynamo-export-cumulative-average",
-            kind="quirk",
-            summary="momentum=None cannot be exported in train mode: torch.export rejects the data-dependent 1/num_batches_tracked",
-            source="torch/nn/modules/batchnorm.py (1.0 / float(self.num_batches_tracked)); torch.export forbids data-dependent control flow",
-            raises=r"TorchExportError",
-            when=lambda case: case.uses_cumulative_average,
-        ),
-        Divergence(
-            id="dynamo-export-single-value-rejected",
-            kind="quirk",
-            summary="a train-mode batch with one value per channel is rejected at export (the module's own check runs under torch.export)",
-            source="torch/nn/functional.py _verify_batch_size, traced by torch.export",
-            raises=r"TorchExportError",
-            when=lambda case: case.input.reduction_size == 1 and case.trains,
-        ),
-        Divergence(
-            id="dynamo-export-bn-train-as-inference",
-            kind="quirk",
-            summary=("a BatchNorm in train() mode is exported as an INFERENCE BatchNormalization (no training_mode): "
-                     "the exported graph normalises with the running statistics, unlike the module"),
-            source=("onnxscript optimizer rewrite 'BatchNorm training=True -> False' (microsoft/onnxscript#1791), "
-                    "applied by torch.onnx.export(dynamo=True) in torch/onnx/_internal/exporter/_core.py"),
-            options={"train_statistics": "running"},
-        ),
-    )

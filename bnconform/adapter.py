@@ -17,95 +17,23 @@ and returns observations::
 State observables are reported after every step. An observable the framework
 has no notion of (e.g. a counter) is left out of ``observables``.
 
-Documented divergences (:class:`Divergence`) declare, with their source, the
-oracle profile options that reproduce a framework's design choice (``quirk``)
-or defect (``known_bug``); the engine then demands that behaviour EXACTLY.
+Documented divergences (a framework's design choices, ``quirk``, defects,
+``known_bug``, and its documented rejections of undefined cases) are DATA, not
+adapter code: ``expectations/<framework>.yaml``, loaded and validated by
+:mod:`bnconform.expect`, interpreted by :mod:`bnconform.engine`.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Literal
+from typing import ClassVar
 
 import numpy as np
-from packaging.specifiers import SpecifierSet
-from packaging.version import InvalidVersion, Version
 
 from .arrays import CaseArrays
 from .catalogue import OBSERVABLES, Case
 
 Observations = dict[tuple[int, str], np.ndarray]
-
-
-@dataclass(frozen=True)
-class Divergence:
-    """A documented, sourced difference from the canonical oracle.
-
-    ``kind``: ``"quirk"`` (a design choice) or ``"known_bug"`` (a defect; needs
-    ``issue``, the upstream report). ``options``: :class:`bnconform.oracle.Profile`
-    knobs that reproduce it exactly. ``versions``: PEP 440 specifier set of the
-    framework versions it applies to (empty = all). ``source``: the framework
-    file, documentation page or thread that establishes it.
-
-    A ``known_bug`` the oracle cannot model (e.g. lost precision) has no
-    ``options``; it names the ``observables`` where it shows and ``when``, a
-    predicate on the case (described in ``summary``) selecting where it is
-    expected. The engine then requires those observables to FAIL there and
-    everything else to pass (a strict expected failure). ``finding`` names the
-    reproduction script under ``findings/``.
-
-    ``raises``: a regular expression; on the cases selected by ``when`` the
-    framework is expected to RAISE an exception whose ``Type: message``
-    matches it (e.g. a documented limitation of a compiler). Not raising
-    there is a behaviour change.
-    """
-
-    id: str
-    kind: Literal["quirk", "known_bug"]
-    summary: str
-    source: str
-    options: dict = field(default_factory=dict)
-    versions: str = ""
-    issue: str | None = None
-    finding: str | None = None
-    observables: tuple[str, ...] = ()
-    raises: str | None = None
-    when: Callable[[Case], bool] | None = field(default=None, compare=False)
-
-    def __post_init__(self):
-        if self.kind == "known_bug" and not (self.issue or self.finding):
-            raise ValueError(f"known_bug {self.id!r} needs an upstream issue link or a findings/ reproduction")
-        if not (self.options or self.raises or (self.kind == "known_bug" and self.observables)):
-            raise ValueError(f"divergence {self.id!r} needs oracle options, an expected exception (raises), "
-                             "or (known_bug) the observables it breaks")
-        SpecifierSet(self.versions)  # raises InvalidSpecifier early
-
-    def matches(self, case: Case) -> bool:
-        """Whether the divergence is expected on ``case`` (its ``when`` predicate)."""
-        return self.when is None or bool(self.when(case))
-
-    def applies_to(self, version: str) -> bool:
-        """Whether this divergence is documented for ``version`` of the framework.
-
-        Fails CLOSED: a divergence with a version range raises ``ValueError``
-        for a ``version`` that is not PEP 440 (build details belong in
-        ``Adapter.framework_build()``), instead of applying everywhere.
-        """
-        if not self.versions:
-            return True
-        try:
-            parsed = Version(version)
-        except InvalidVersion:
-            raise ValueError(f"framework version {version!r} is not a PEP 440 version, so divergence {self.id!r} "
-                             f"(versions {self.versions!r}) cannot be placed; report build details in "
-                             f"Adapter.framework_build()") from None
-        return parsed in SpecifierSet(self.versions)
-
-    def to_dict(self) -> dict:
-        return {"id": self.id, "kind": self.kind, "summary": self.summary, "source": self.source,
-                "options": dict(self.options), "versions": self.versions, "issue": self.issue,
-                "finding": self.finding, "observables": list(self.observables), "raises": self.raises}
 
 
 class Adapter:
@@ -121,7 +49,9 @@ class Adapter:
     framework: ClassVar[str] = ""
     device: ClassVar[str] = "cpu"
     observables: ClassVar[frozenset[str]] = frozenset(OBSERVABLES)
-    divergences: ClassVar[tuple[Divergence, ...]] = ()
+    #: Plug-in adapters only: path of their expectations YAML (relative to the
+    #: module defining the class). BUILTIN rows are found by their group.
+    expectations: ClassVar[str | None] = None
 
     def framework_version(self) -> str:
         """Import the framework and return its version string.

@@ -11,7 +11,8 @@
     exit 0 only on complete, current, measured evidence with no failing cell,
     behaviour change or magnitude drift (:mod:`bnconform.gate`).
 ``bnconform validate [PATH...]``
-    validate catalogue files; exit 1 with ``file: case: field: message`` lines.
+    validate catalogue files (without PATH also ``expectations/*.yaml``); exit 1
+    with ``file: case: field: message`` (``file: entry: field: message``) lines.
 ``bnconform cases [PATH...]``
     list case ids with their theme and one-line behaviour.
 """
@@ -53,11 +54,19 @@ def _report(args) -> int:
 
 
 def _validate(args) -> int:
+    from .expect import validate_all
+
     cat = load_catalogue(args.paths or None)
     for err in cat.errors:
         print(err, file=sys.stderr)
     print(f"{len(cat.cases)} valid case(s), {len(cat.errors)} error(s)")
-    return 1 if cat.errors else 0
+    if args.paths:
+        return 1 if cat.errors else 0
+    entries, errors = validate_all()  # and the expectations files of the built-in rows
+    for err in errors:
+        print(err, file=sys.stderr)
+    print(f"{entries} valid expectation entr{'y' if entries == 1 else 'ies'}, {len(errors)} error(s)")
+    return 1 if cat.errors or errors else 0
 
 
 def _cases(args) -> int:

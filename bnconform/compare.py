@@ -27,6 +27,14 @@ expected value is NaN the framework must produce NaN; where it is finite the
 framework must produce a finite value within tolerance.
 
 Unit roundoffs: float64 2^-53, float32 2^-24, float16 2^-11, bfloat16 2^-8.
+
+Precision profiles (oracle knobs ``variance_algorithm``, ``compute_dtype``,
+``accumulation_dtype``) add the oracle's ``spread`` — the absolute envelope
+of the documented algorithm, derived in :func:`bnconform.oracle.simulate` —
+to this tolerance: ``tol + spread``. An element with an infinite spread is
+UNBOUNDED (the algorithm may return anything there, NaN included): it is not
+judged, and the comparison counts it in ``unbounded``. The canonical profile
+has no spread, so canonical tolerances are exactly the formula above.
 """
 
 from __future__ import annotations
@@ -37,11 +45,10 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from .catalogue import Case, Forward, Backward, SgdStep
-from .oracle import Expectation
+from .oracle import ACCUMULATION_DTYPE, SAFETY, UNIT_ROUNDOFF, Expectation
 
-SAFETY = 4.0
-UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
-ACCUMULATION_DTYPE = {"float64": "float64", "float32": "float32", "float16": "float32", "bfloat16": "float32"}
+__all__ = ["ACCUMULATION_DTYPE", "SAFETY", "UNIT_ROUNDOFF", "ObservableComparison", "compare", "compare_one",
+           "expectations_agree", "storage_dtype", "tolerance"]
 EXACT = frozenset({"num_batches_tracked"})
 #: Observables stored in the input dtype; the rest live in the parameter dtype.
 ACTIVATIONS = frozenset({"output", "grad_input"})
@@ -56,17 +63,21 @@ def storage_dtype(observable: str, case: Case) -> str:
     return "float64" if case.input.dtype == "float64" else "float32"
 
 
-def tolerance(expected: np.ndarray, magnitude: np.ndarray, observable: str, case: Case, step_index: int) -> np.ndarray:
+def tolerance(expected: np.ndarray, magnitude: np.ndarray, observable: str, case: Case, step_index: int,
+              spread: np.ndarray | None = None) -> np.ndarray:
     """Elementwise absolute tolerance for one observable (see module docstring).
 
-    ``expected`` and ``magnitude`` are float64 of the same shape; returns float64.
+    ``expected`` and ``magnitude`` are float64 of the same shape; ``spread``
+    (optional, same shape, >= 0, may be ``inf``) is the oracle's precision
+    envelope, added as is. Returns float64.
     """
     if observable in EXACT:
         return np.zeros_like(expected, dtype=np.float64)
     u_acc = UNIT_ROUNDOFF[ACCUMULATION_DTYPE[case.input.dtype]]
     u_store = UNIT_ROUNDOFF[storage_dtype(observable, case)]
     growth = math.sqrt(max(case.input.reduction_size, 1))
-    return SAFETY * (u_acc * growth * np.abs(magnitude) + u_store * (step_index + 1) * np.abs(expected))
+    tol = SAFETY * (u_acc * growth * np.abs(magnitude) + u_store * (step_index + 1) * np.abs(expected))
+    return tol if spread is None else tol + spread
 
 
 @dataclass
@@ -77,6 +88,8 @@ class ObservableComparison:
     ``headroom`` = 1 / ratio (how many times larger the error could have been).
     ``message`` explains a structural failure (missing, shape, dtype, NaN).
     ``expected``/``actual`` keep small per-channel vectors for the report's plots.
+    ``unbounded``: elements the profile's algorithm does not bound (infinite
+    spread), left unjudged.
     """
 
     step: int
@@ -90,6 +103,7 @@ class ObservableComparison:
     message: str | None = None
     expected: list | float | None = None
     actual: list | float | None = None
+    unbounded: int = 0
 
     @property
     def headroom(self) -> float:
@@ -125,8 +139,11 @@ def _small(a: np.ndarray):
 
 
 def compare_one(actual, exp_value, magnitude, observable: str, case: Case, i: int,
-                check_dtype: bool = True) -> ObservableComparison:
-    """Compare one observable; never raises for bad ``actual`` (recorded as failed)."""
+                check_dtype: bool = True, spread: np.ndarray | None = None) -> ObservableComparison:
+    """Compare one observable; never raises for bad ``actual`` (recorded as failed).
+
+    ``spread``: the oracle's precision envelope (None for canonical); elements
+    where it is infinite are not judged (any value, NaN included)."""
     op = _op_name(case, i)
     base = dict(step=i, op=op, observable=observable)
     if actual is None:
@@ -146,9 +163,15 @@ def compare_one(actual, exp_value, magnitude, observable: str, case: Case, i: in
         return ObservableComparison(**base, passed=False, message=f"dtype {a.dtype}, expected a number")
     a64 = a.astype(np.float64)
     e = exp_value
-    tol = tolerance(e, magnitude, observable, case, i)
-    nan_e, nan_a = np.isnan(e), np.isnan(a64)
+    tol = tolerance(e, magnitude, observable, case, i, spread)
     small = dict(expected=_small(e), actual=_small(a64))
+    if spread is not None:
+        free = np.isinf(spread) & np.ones(e.shape, bool)
+        unbounded = int(free.sum())
+        if unbounded:
+            base["unbounded"] = unbounded
+            e, a64 = np.where(free, 0.0, e), np.where(free, 0.0, a64)
+    nan_e, nan_a = np.isnan(e), np.isnan(a64)
     if np.any(nan_e & ~nan_a) or np.any(~nan_e & nan_a):
         where = "NaN where the oracle has a value" if np.any(~nan_e & nan_a) else "a value where the oracle has NaN"
         return ObservableComparison(**base, passed=False, ratio=math.inf,
@@ -195,18 +218,47 @@ def compare(expectation: Expectation, observations: dict, case: Case, observable
     for (i, name), exp in sorted(expectation.values.items()):
         if name not in wanted or name not in observable_by_adapter:
             continue
-        results.append(compare_one(observations.get((i, name)), exp.value, exp.magnitude, name, case, i))
+        results.append(compare_one(observations.get((i, name)), exp.value, exp.magnitude, name, case, i,
+                                   spread=exp.spread))
     return results, not_observed
 
 
+def _spread(e) -> np.ndarray:
+    return np.zeros(np.shape(e.value)) if e.spread is None else np.asarray(e.spread, dtype=np.float64)
+
+
 def expectations_agree(a: Expectation, b: Expectation, case: Case, observables: frozenset[str]) -> bool:
-    """True when two oracle profiles are indistinguishable on this case within
-    the tolerance (then a documented divergence does not manifest here)."""
+    """True when profile ``b`` is indistinguishable from profile ``a`` on this
+    case (then a documented divergence taking ``a`` to ``b`` does not manifest
+    here and the cell is judged against ``a``).
+
+    Two conditions on every compared element (observed observables only):
+
+    1. VALUES: ``b``'s value lies within ``a``'s tolerance (``a``'s spread
+       included) — ``b``'s semantics cannot be told from ``a``'s at ``a``'s
+       resolution. This is the rule for semantic knobs (e.g. the biased
+       running variance).
+    2. ENVELOPE: ``b``'s precision envelope (``Expected.spread``) is nowhere
+       wider than ``a``'s. An implementation of ``b``'s algorithm may land
+       anywhere within ``b``'s value +- (rounding tolerance + spread); were the
+       cell judged against ``a`` with a narrower envelope, a legitimate
+       implementation of ``b`` could fail it — and the verdict would flip with
+       rounding (a cliff). So wherever ``b``'s algorithm is exercised with a
+       wider envelope (one-pass variance on a batch-statistics forward, a
+       narrower compute dtype), the divergence manifests. The comparison is
+       on the spreads, the part of the tolerance the precision knobs add, not
+       on the whole tolerance: a semantic knob's incidental effect on the
+       magnitudes (eps rounded to float32 moves 1/sqrt(var + eps) in the 8th
+       digit) is not a wider envelope. No threshold: any excess counts.
+    """
     keys = {k for k in a.values.keys() | b.values.keys() if k[1] in observables and k[1] in case.observe}
     for key in keys:
         ea, eb = a.values.get(key), b.values.get(key)
         if ea is None or eb is None:
             return False
-        if not compare_one(eb.value, ea.value, ea.magnitude, key[1], case, key[0], check_dtype=False).passed:
+        if not compare_one(eb.value, ea.value, ea.magnitude, key[1], case, key[0], check_dtype=False,
+                           spread=ea.spread).passed:
+            return False
+        if eb.spread is not None and np.any(_spread(eb) > _spread(ea)):
             return False
     return True

@@ -8,14 +8,28 @@ Verdict rules (one vocabulary everywhere):
 * ``error`` — the framework raised (type, message and the last traceback
   lines kept).
 * ``conforms`` — every observed value matches the canonical oracle.
-* ``quirk`` / ``known_bug`` — the adapter documents divergences for this
-  framework version AND they manifest on this case (the oracle run with their
-  options differs from the canonical one) AND the framework matches that
-  divergent oracle exactly. ``known_bug`` if any manifesting divergence is a
-  known bug.
+* ``quirk`` / ``known_bug`` — the expectations file of the adapter
+  (:mod:`bnconform.expect`, ``expectations/<framework>.yaml``) documents
+  divergences for this framework version whose selector picks this case, AND
+  they manifest on it (the oracle run with their options differs from the
+  canonical one) AND the framework matches that divergent oracle exactly.
+  ``known_bug`` if any manifesting divergence is a known bug. An
+  ``expected_failure`` entry (a defect the oracle cannot model) must fail
+  exactly its observables, by at most its ``max_ratio`` times the tolerance.
+  An entry with ``raises`` demands that exception.
+* Undefined cases (the oracle raises :class:`OracleUndefined`): ``conforms``
+  only when the framework raises an exception matching one of its documented
+  ``rejection`` entries; any other exception is ``error``, returning values
+  is ``fails``.
+* ``error`` also when the framework version is not PEP 440 and an entry has
+  a version range (it cannot be decided: fail closed).
 * ``fails`` — anything else, in particular a documented divergence that no
-  longer reproduces (the framework now matches the canonical oracle): the
-  behaviour changed and the gate must notice.
+  longer reproduces (the framework now matches the canonical oracle), or a
+  known bug that got worse than its bound: the behaviour changed and the gate
+  must notice.
+
+Every divergence a record shows carries its ``file`` and ``ref``
+(``expectations/flax.yaml#flax-biased-running-var``).
 """
 
 from __future__ import annotations
@@ -25,13 +39,18 @@ import numbers
 import re
 import time
 import traceback
+from collections.abc import Sequence
 
-from .adapter import Adapter, Divergence
+from .adapter import Adapter
 from .arrays import CaseArrays, generate
 from .catalogue import OBSERVABLES, Case
-from .compare import compare, expectations_agree
-from .oracle import CANONICAL, Expectation, OracleUndefined, Profile, simulate
+from .compare import compare, compare_one, expectations_agree
+from .expect import Entry, VersionUnparseable, for_adapter
+from .oracle import CANONICAL, Expectation, OracleUndefined, Profile, merge_options, simulate
 from .results import ResultRecord, current_env
+
+#: compare_one's message for an observable the adapter did not return.
+NO_VALUE = "adapter returned no value"
 
 
 # Per-process caches: every adapter of a worker shares one generation and one
@@ -74,11 +93,10 @@ def _agree(case: Case, a: Profile, b: Profile, observable: frozenset[str]) -> bo
     return _AGREE[key]
 
 
-def profile_for(divergences: list[Divergence]) -> Profile:
-    """The oracle profile with every listed divergence's options applied."""
-    options: dict = {}
-    for d in divergences:
-        options.update(d.options)
+def profile_for(divergences: list[Entry]) -> Profile:
+    """The oracle profile with every listed divergence's options applied
+    (:func:`~bnconform.oracle.merge_options`: mapping knobs merge key by key)."""
+    options = merge_options(d.options for d in divergences)
     if not options:
         return CANONICAL
     return CANONICAL.with_options("+".join(d.id for d in divergences), **options)
@@ -104,10 +122,16 @@ def error_record(case: Case, adapter: str, framework: str, version: str, message
                         duration_s=duration_s)
 
 
-def run_cell(case: Case, adapter: Adapter, framework_version: str | None = None, nodeid: str | None = None) -> ResultRecord:
+def run_cell(case: Case, adapter: Adapter, framework_version: str | None = None, nodeid: str | None = None,
+             expectations: Sequence[Entry] | None = None) -> ResultRecord:
     """Run one cell and return its record. Never raises for framework or
     adapter failures (they become ``error``/``fails``); raises only for bugs in
-    bnconform itself."""
+    bnconform itself (and :class:`~bnconform.expect.ExpectationError` for a
+    malformed expectations file).
+
+    ``expectations``: the documented divergences of this adapter; default
+    :func:`bnconform.expect.for_adapter` (its ``expectations/*.yaml`` entries).
+    """
     start = time.perf_counter()
     version = framework_version if framework_version is not None else adapter.framework_version()
     base = dict(**case_fields(case), adapter=adapter.name, framework=adapter.framework, framework_version=version,
@@ -119,13 +143,19 @@ def run_cell(case: Case, adapter: Adapter, framework_version: str | None = None,
     reason = adapter.capabilities(case)
     if reason:
         return record("unsupported", reason)
-    applicable = [d for d in adapter.divergences if d.applies_to(version) and d.matches(case)]
-    raising = [d for d in applicable if d.raises]            # the framework must raise here
-    documented = [d for d in applicable if d.options and not d.raises]   # reproduced by oracle options
-    expected_failures = [d for d in applicable if not d.options and not d.raises]  # defects the oracle cannot model
+    entries = for_adapter(adapter) if expectations is None else tuple(expectations)
+    try:
+        applicable = [e for e in entries if e.where.matches(case) and e.applies_to(version)]
+    except VersionUnparseable as exc:
+        return record("error", str(exc))
+    rejections = [e for e in applicable if e.kind == "rejection"]   # documented refusals of undefined cases
+    raising = [e for e in applicable if e.raises and e.kind != "rejection"]  # the framework must raise here
+    documented = [e for e in applicable if e.options]                # reproduced by oracle options
+    expected_failures = [e for e in applicable if e.expected_failure]  # defects the oracle cannot model
     canonical = _expect(case, CANONICAL)
     declared = profile_for(documented)
     divergent = _expect(case, declared) if declared is not CANONICAL else canonical
+    undefined = isinstance(canonical, OracleUndefined) and isinstance(divergent, OracleUndefined)
     try:
         if raising:
             try:
@@ -145,14 +175,22 @@ def run_cell(case: Case, adapter: Adapter, framework_version: str | None = None,
         # the oracle's arrays or the next cell's.
         observations = adapter.run(case, copy.deepcopy(_arrays(case)))
     except Exception as exc:  # noqa: BLE001 - any framework failure is a verdict
-        if isinstance(canonical, OracleUndefined) and isinstance(divergent, OracleUndefined):
-            return record("conforms", f"the oracle finds this case undefined ({canonical}) and the framework "
-                                      f"rejects it: {type(exc).__name__}: {exc}")
+        if undefined:
+            text = f"{type(exc).__name__}: {exc}"
+            match = [d for d in rejections if re.search(d.raises, text)]
+            if match:
+                return record("conforms", f"the oracle finds this case undefined ({canonical}) and the framework "
+                                          f"rejects it as documented ({', '.join(d.ref for d in match)}): {text[:300]}",
+                              divergences=[d.to_dict() for d in match])
+            documented_as = ("; documented rejections: " + ", ".join(f"{d.ref} /{d.raises}/" for d in rejections)
+                             if rejections else "; no documented rejection applies")
+            return record("error", f"the oracle finds this case undefined ({canonical}) but the framework raised an "
+                                   f"undocumented exception{documented_as}\n" + _error_text(exc))
         return record("error", _error_text(exc))
     contract = _check_observations(observations)
     if contract:
         return record("error", contract)
-    if isinstance(canonical, OracleUndefined) and isinstance(divergent, OracleUndefined):
+    if undefined:
         return record("fails", f"the oracle finds this case undefined ({canonical}) but the framework "
                                "returned values instead of raising")
     observable = adapter.observables
@@ -161,7 +199,7 @@ def run_cell(case: Case, adapter: Adapter, framework_version: str | None = None,
     canon_ok = not isinstance(canonical, OracleUndefined) and all(c.passed for c in canon_cmp)
     dicts = lambda cs: [c.to_dict() for c in cs]  # noqa: E731
 
-    manifest: list[Divergence] = []
+    manifest: list[Entry] = []
     if declared is not CANONICAL and not isinstance(divergent, OracleUndefined):
         if not _agree(case, CANONICAL, declared, observable):
             # Which documented divergences matter here: dropping one changes the expectation.
@@ -185,15 +223,43 @@ def run_cell(case: Case, adapter: Adapter, framework_version: str | None = None,
     extra.update(not_observed=not_observed, divergences=[d.to_dict() for d in shown])
 
     if expected_failures:
-        # Strict expected failure: the defect must show, and only where documented.
-        where = set().union(*(d.observables for d in expected_failures))
+        # Strict expected failure: the defect must show, only where documented, and within its bound.
+        bound: dict[str, float] = {}
+        absent: set[str] = set()
+        wrong_dtype: set[str] = set()
+        for d in expected_failures:
+            ef = d.expected_failure
+            absent |= set(ef.absent)
+            wrong_dtype |= set(ef.wrong_dtype)
+            for o in ef.observables:
+                bound[o] = max(bound.get(o, 0.0), ef.bound(case.input.dtype))
         names = ", ".join(d.id for d in expected_failures)
         if not failed:
             return record("fails", f"behaviour changed: known bug(s) {names} no longer reproduce", **extra)
-        if {c.observable for c in failed} <= where:
-            return record("known_bug", "; ".join(f"{d.id}: {d.summary}" for d in shown) + " — "
-                          + _summarise(failed, against), **extra)
-        return record("fails", _summarise([c for c in failed if c.observable not in where], against), **extra)
+        outside = [c for c in failed if c.observable not in bound]
+        if outside:
+            return record("fails", _summarise(outside, against), **extra)
+        missing = lambda c: c.observable in absent and c.message == NO_VALUE  # noqa: E731
+        reference = divergent if manifest else canonical
+
+        def values_judged(c):
+            """A documented wrong dtype: the values are judged anyway, against the bound."""
+            if c.observable in wrong_dtype and (c.message or "").startswith("dtype "):
+                exp = reference.values[(c.step, c.observable)]
+                return compare_one(observations.get((c.step, c.observable)), exp.value, exp.magnitude,
+                                   c.observable, case, c.step, check_dtype=False, spread=exp.spread)
+            return c
+
+        # A structural failure (NaN, wrong shape or dtype) or an error beyond the bound: worse than documented.
+        worse = [v for v in map(values_judged, failed)
+                 if not missing(v) and (v.message or not v.ratio <= bound[v.observable])]
+        if worse:
+            return record("fails", f"known bug(s) {names} got worse than documented: "
+                          + "; ".join(f"step {c.step} {c.op} {c.observable}: "
+                                      + (c.message or f"x{c.ratio:.3g} > bound x{bound[c.observable]:.3g}")
+                                      for c in worse[:3]), **extra)
+        return record("known_bug", "; ".join(f"{d.id}: {d.summary}" for d in shown) + " — "
+                      + _summarise(failed, against), **extra)
     if not manifest:
         if not failed:
             return record("conforms", **extra)

@@ -29,13 +29,27 @@ error a numerically STABLE algorithm would make — and no more.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field, replace
-from typing import Literal
+from dataclasses import dataclass, field, fields, replace
+from typing import Literal, get_args, get_origin, get_type_hints
 
 import numpy as np
 
 from .arrays import CaseArrays
 from .catalogue import Backward, Case, Forward, SgdStep
+
+
+#: Error model shared with :mod:`bnconform.compare` (which re-exports these):
+#: unit roundoff u = 2^-p of each dtype (p = significand bits incl. the
+#: implicit one), the accumulation dtype frameworks use per input dtype
+#: (float32 for half inputs: ``opmath_t`` in
+#: ``aten/src/ATen/native/cpu/batch_norm_kernel.cpp``, Flax
+#: ``force_float32_reductions``, Keras ``result_type(x, float32)``) and the
+#: safety factor for the handful of elementwise operations after a reduction.
+UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+ACCUMULATION_DTYPE = {"float64": "float64", "float32": "float32", "float16": "float32", "bfloat16": "float32"}
+SAFETY = 4.0
+_PRECISION_OBSERVABLES = frozenset({"output", "grad_input", "grad_weight", "grad_bias", "running_mean",
+                                    "running_var", "weight", "bias"})
 
 
 class OracleUndefined(ValueError):
@@ -52,8 +66,10 @@ class Profile:
         ``"unbiased"`` (paper Alg. 2; PyTorch ``aten/src/ATen/native/Normalization.cpp``)
         or ``"biased"`` (Keras 3, MXNet, Flax, ONNX).
     ``update_at``: when running statistics are updated in a training step:
-        ``"forward"`` (PyTorch, Keras) or ``"backward"`` (MXNet CPU,
-        ``src/operator/nn/batch_norm.cc``: the update runs in BatchNormBackward).
+        ``"forward"`` (PyTorch, Keras), ``"backward"`` (the first backward
+        through the forward applies it) or ``"each_backward"`` (every backward
+        through the same forward re-applies it: MXNet CPU,
+        ``src/operator/nn/batch_norm.cc``, the update runs in BatchNormBackward).
     ``cumulative_average``: ``momentum=None`` means the cumulative moving
         average with factor ``1/num_batches_tracked`` (PyTorch
         ``torch/nn/modules/batchnorm.py``); ``False`` makes such cases undefined.
@@ -64,6 +80,10 @@ class Profile:
         ``"float32"`` (the new-batch weight m rounded to float32) or
         ``"float32_decay"`` (the DECAY 1 - m stored as float32, as ONNX and
         Paddle do: the effective weight is ``1 - fl32(1 - m)``).
+    ``sgd_lr_dtype``: precision in which the learning rate reaches the SGD
+        update: ``"float64"`` (as given) or ``"float32"`` (``w - fl32(lr) g``:
+        MXNet's ``SGDParam::lr`` is a C++ float, ``src/operator/optimizer_op-inl.h``;
+        visible in float64 cases).
     ``fixed_gamma``: gamma is treated as 1 in forward and backward and its
         gradient is 0 whatever value it holds (MXNet's default ``fix_gamma=True``,
         ``src/operator/nn/batch_norm.cc``).
@@ -71,6 +91,46 @@ class Profile:
         ``"batch"`` (the paper) or ``"running"`` — the layer behaves as in
         inference even in training mode and updates nothing (Keras
         ``trainable=False`` since TF 2.0; an exported inference graph).
+    ``empty_batch_update``: what a training forward on an EMPTY batch (m = 0
+        values per channel) does to the running statistics. ``"skip"``
+        (canonical; PyTorch ``aten/src/ATen/native/Normalization.cpp`` returns
+        early: the forward is counted, nothing is averaged in); ``"nan"`` — the
+        0/0 batch mean and variance are averaged in, so running_mean and
+        running_var become NaN (Flax ``flax/linen/normalization.py``
+        ``BatchNorm.__call__``; Keras 3 ``BatchNormalization.call``; ONNX
+        ``onnx/reference/ops/op_batch_normalization.py``); ``"zero"`` — the
+        batch mean and variance are 0 (``tf.math.divide_no_nan`` in Keras
+        ``keras/src/backend/tensorflow/nn.py`` ``_compute_moments_sync``) and
+        are averaged in: the running statistics shrink by the decay.
+
+    Precision knobs — they change the ERROR MODEL, not the semantics. Each
+    widens the tolerance by an explicit, derived envelope (``Expected.spread``,
+    see :func:`simulate`); the canonical profile has none.
+
+    ``variance_algorithm``: how the batch variance is computed.
+        ``"two_pass"`` (canonical: ``E[(x - E[x])^2]``, the stable algorithm,
+        Higham 2002 sec. 1.9); ``"one_pass"`` — ``E[x^2] - E[x]^2`` with no
+        clamp, which can be negative (Keras 3 torch backend,
+        ``keras/src/backend/torch/nn.py`` ``moments``: "faster but less
+        numerically stable"); ``"one_pass_clamped"`` — ``max(E[x^2] - E[x]^2, 0)``
+        (Flax ``_compute_stats`` with ``use_fast_variance=True``, the default;
+        Keras ``synchronized=True``, ``_compute_moments_sync``). The oracle
+        EMULATES the one-pass formula in the compute precision on the case's
+        arrays and judges with that algorithm's own error bound.
+    ``compute_dtype``: the precision the whole layer computes in when it is
+        NARROWER than the default (float64 for float64 cases, float32
+        otherwise): a dtype name, or ``"input"`` (the case's input dtype:
+        half-precision arithmetic for half inputs). ``"default"`` = no change.
+        Keras 3 on JAX/torch computes a float64 layer in float32
+        (``keras/src/backend/common/dtypes.py`` result_type maps float64 to
+        float32; ``BatchNormalization.call``: ``compute_dtype``).
+    ``accumulation_dtype``: per-observable override of the precision that
+        observable is computed/accumulated in, ``{observable: dtype or
+        "input"}`` (a mapping; stored as sorted pairs). E.g. backward
+        reductions in the half input dtype: ``{"grad_weight": "input",
+        "grad_bias": "input"}``. Only a dtype narrower than the default
+        widens anything. Parameters updated by ``sgd_step`` inherit the
+        envelope of their gradient.
     """
 
     name: str = "canonical"
@@ -81,21 +141,82 @@ class Profile:
     eps_dtype: Literal["float64", "float32"] = "float64"
     momentum_dtype: Literal["float64", "float32", "float32_decay"] = "float64"
     fixed_gamma: bool = False
+    sgd_lr_dtype: Literal["float64", "float32"] = "float64"
+    empty_batch_update: Literal["skip", "nan", "zero"] = "skip"
+    variance_algorithm: Literal["two_pass", "one_pass", "one_pass_clamped"] = "two_pass"
+    compute_dtype: Literal["default", "input", "float64", "float32", "float16", "bfloat16"] = "default"
+    accumulation_dtype: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self):
+        acc = self.accumulation_dtype
+        if isinstance(acc, dict):
+            acc = tuple(sorted(acc.items()))
+        try:
+            acc = tuple(sorted((str(k), str(v)) for k, v in acc))
+        except (TypeError, ValueError):
+            raise ValueError(f"profile {self.name!r}: accumulation_dtype must map observables to dtypes, "
+                             f"got {self.accumulation_dtype!r}") from None
+        object.__setattr__(self, "accumulation_dtype", acc)
+        hints = get_type_hints(Profile)
+        for f in fields(self):
+            allowed = get_args(hints[f.name]) if get_origin(hints[f.name]) is Literal else None
+            if allowed and getattr(self, f.name) not in allowed:
+                raise ValueError(f"profile {self.name!r}: {f.name}={getattr(self, f.name)!r} is not one of "
+                                 f"{', '.join(map(repr, allowed))}")
+        for obs, dt in acc:
+            if obs not in _PRECISION_OBSERVABLES:
+                raise ValueError(f"profile {self.name!r}: accumulation_dtype names {obs!r}, not one of "
+                                 f"{', '.join(sorted(_PRECISION_OBSERVABLES))}")
+            if dt != "input" and dt not in UNIT_ROUNDOFF:
+                raise ValueError(f"profile {self.name!r}: accumulation_dtype[{obs!r}]={dt!r} is not 'input' or "
+                                 f"one of {', '.join(UNIT_ROUNDOFF)}")
 
     def with_options(self, name: str, **options) -> "Profile":
-        """A copy with ``options`` applied; raises ``TypeError`` for unknown knobs."""
+        """A copy with ``options`` applied; raises ``TypeError`` for unknown
+        knobs and ``ValueError`` for a value a knob does not take."""
         return replace(self, name=name, **options)
 
     def options(self) -> dict:
-        """The knobs that differ from the canonical profile."""
-        base = CANONICAL
-        return {k: getattr(self, k)
-                for k in ("running_var_correction", "update_at", "cumulative_average", "train_statistics",
-                          "eps_dtype", "momentum_dtype", "fixed_gamma")
-                if getattr(self, k) != getattr(base, k)}
+        """The knobs that differ from the canonical profile (``accumulation_dtype`` as a dict)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.name != "name" and getattr(self, f.name) != getattr(CANONICAL, f.name)}
+        if "accumulation_dtype" in out:
+            out["accumulation_dtype"] = dict(out["accumulation_dtype"])
+        return out
+
+    @property
+    def models_precision(self) -> bool:
+        """Whether any precision knob is set (then expectations carry a spread)."""
+        return (self.variance_algorithm != "two_pass" or self.compute_dtype != "default"
+                or bool(self.accumulation_dtype))
 
 
 CANONICAL = Profile()
+
+#: Knobs whose value is a mapping: merged key by key across divergences.
+MAPPING_KNOBS = frozenset({"accumulation_dtype"})
+
+
+def merge_options(option_sets) -> dict:
+    """Merge the oracle options of several divergences into one ``Profile``
+    options dict. Scalar knobs: the later value wins (as ``dict.update``).
+    Mapping knobs (``accumulation_dtype``): merged key by key, so two
+    divergences widening different observables both apply; raises
+    ``ValueError`` when two give the same observable different dtypes.
+    """
+    merged: dict = {}
+    for options in option_sets:
+        for knob, value in options.items():
+            if knob in MAPPING_KNOBS:
+                into = dict(merged.get(knob, {}))
+                for key, v in dict(value).items():
+                    if key in into and into[key] != v:
+                        raise ValueError(f"conflicting {knob}[{key!r}]: {into[key]!r} and {v!r}")
+                    into[key] = v
+                merged[knob] = into
+            else:
+                merged[knob] = value
+    return merged
 
 
 # ---------------------------------------------------------------- primitives
@@ -178,15 +299,110 @@ def backward_global_stats(g, x, mean, var, eps, weight, axis):
     return g * cv(weight * invstd), (g * x_hat).sum(axis=axes), g.sum(axis=axes)
 
 
+# ---------------------------------------------------------------- precision
+
+def unit_roundoff(dtype: str) -> float:
+    """Unit roundoff ``u`` of a dtype name (``UNIT_ROUNDOFF``); ``KeyError`` for an unknown one."""
+    return UNIT_ROUNDOFF[dtype]
+
+
+def _round_to(a: np.ndarray, dtype: str) -> np.ndarray:
+    """``a`` rounded to ``dtype`` (bfloat16 held in float32, as in :mod:`bnconform.arrays`)."""
+    if dtype == "bfloat16":
+        from .arrays import round_bfloat16
+
+        return round_bfloat16(a)
+    return np.asarray(a).astype(np.dtype(dtype))
+
+
+def one_pass_variance(x: np.ndarray, axis: int, dtype: str, clamped: bool) -> np.ndarray:
+    """The one-pass batch variance ``E[x^2] - E[x]^2`` EMULATED in ``dtype``.
+
+    ``x``: shape ``(N, C, *)`` (channel at ``axis``), any float dtype; the values
+    are rounded to ``dtype``, squared, summed over the reduced axes and divided
+    by ``m`` in ``dtype`` (NumPy's summation order: one legitimate
+    implementation of the formula among many). ``clamped`` applies
+    ``max(., 0)`` (Flax ``_compute_stats``; Keras ``_compute_moments_sync``).
+    Returns the (C,) variance as float64; NaN for an empty batch.
+    """
+    axes = reduce_axes(np.ndim(x), axis)
+    xe = _round_to(np.asarray(x, dtype=np.float64), dtype)
+    calc = xe.dtype
+    m = int(np.prod([np.shape(x)[a] for a in axes])) if axes else 1
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        s1 = _round_to(xe.sum(axis=axes, dtype=calc), dtype)
+        s2 = _round_to((xe * xe).astype(calc).sum(axis=axes, dtype=calc), dtype)
+        mean = _round_to(s1 / calc.type(m), dtype) if m else np.full(s1.shape, np.nan, calc)
+        mean2 = _round_to(s2 / calc.type(m), dtype) if m else np.full(s1.shape, np.nan, calc)
+        var = _round_to(mean2 - _round_to(mean * mean, dtype), dtype)
+        if clamped:
+            var = np.where(np.isnan(var), var, np.maximum(var, 0))
+    return np.asarray(var, dtype=np.float64)
+
+
+def one_pass_error_bound(x: np.ndarray, axis: int, u: float) -> np.ndarray:
+    """A priori bound on ``|fl(E[x^2] - E[x]^2) - var|`` in unit roundoff ``u``; (C,) float64.
+
+    Running error analysis of the one-pass formula (Higham 2002, sec. 1.9 and
+    ch. 3/4; sqrt(m) is the probabilistic growth of a sum of m terms, sec.
+    4.2, the model :mod:`bnconform.compare` uses everywhere):
+
+    * ``fl(E[x^2]) = E[x^2](1 + t1)``, ``|t1| <= u (sqrt(m) + 2)`` (square,
+      sum, divide);
+    * ``fl(E[x]) = E[x] + e``, ``|e| <= u (sqrt(m) + 1) E|x|``, so
+      ``|fl(E[x]^2) - E[x]^2| <= 2 |E[x]| |e| + u E[x]^2``;
+    * the subtraction adds ``u |var|``; ``E[x]^2 + var = E[x^2]``.
+
+    Summed, the bound returned (first order in u; the SAFETY factor of the
+    tolerance model is applied by :func:`simulate`, as :mod:`bnconform.compare`
+    applies it to every other bound)::
+
+        u (sqrt(m) + 3) E[x^2] + 2 u (sqrt(m) + 1) |E[x]| E|x|
+
+    Against the two-pass bound ``~ u sqrt(m) (var + 2 sqrt(var) E|x|)`` the
+    ratio grows like ``E[x]^2 / var``: the condition number of the one-pass
+    formula. No constant here is fitted to any framework.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    axes = reduce_axes(x.ndim, axis)
+    m = int(np.prod([x.shape[a] for a in axes])) if axes else 1
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ex2, mu, eabs = (x * x).mean(axis=axes), x.mean(axis=axes), np.abs(x).mean(axis=axes)
+    root = np.sqrt(max(m, 1))
+    return u * ((root + 3.0) * ex2 + 2.0 * (root + 1.0) * np.abs(mu) * eabs)
+
+
+def _invstd(v, eps):
+    """``1/sqrt(v + eps)`` with ``inf`` where ``v + eps <= 0`` (no bound: the
+    division is undefined there)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d = np.asarray(v, dtype=np.float64) + eps
+        s = np.where(d > 0, 1.0 / np.sqrt(np.where(d > 0, d, 1.0)), np.inf)
+        return np.where(np.isnan(d), np.nan, s)  # NaN statistics (NaN input) stay NaN
+
+
+def _mul(a, b):
+    """Elementwise product with ``0 * inf = 0`` (a zero factor bounds nothing away)."""
+    with np.errstate(invalid="ignore"):
+        return np.where((a == 0) | (b == 0), 0.0, a * b)
+
+
 # ---------------------------------------------------------------- simulation
 
 @dataclass
 class Expected:
     """Expected value of one observable after one step, float64, with its
-    magnitude (same shape; 0 means the value must be exact)."""
+    magnitude (same shape; 0 means the value must be exact).
+
+    ``spread``: None (canonical), or an ABSOLUTE envelope (same shape, >= 0,
+    ``inf`` where the profile's algorithm bounds nothing) that the profile's
+    precision knobs add to the tolerance (see :func:`simulate`).
+    """
 
     value: np.ndarray
     magnitude: np.ndarray
+    spread: np.ndarray | None = None
 
 
 @dataclass
@@ -206,6 +422,83 @@ class _Forward:
     var: np.ndarray
     abs_mean: np.ndarray
     pending: tuple | None = None
+    # Precision envelope of the forward (precision profiles only): the
+    # variance used, as a _VarInterval, and the spread of the mean used.
+    var_iv: "_VarInterval | None" = None
+    mean_spread: np.ndarray | None = None
+    mean_model: np.ndarray | None = None
+
+
+@dataclass
+class _VarInterval:
+    """A per-channel variance ``v`` (C,) known to lie in ``[v - lo0, v + hi0]``
+    by the error MODEL and in ``[v - loS, v + hiS]`` with the SAFETY factor
+    applied; ``clamped``: the algorithm clamps at 0 (no lower end below 0,
+    and at 0 the variance's gradient path may be cut)."""
+
+    v: np.ndarray
+    lo0: np.ndarray
+    hi0: np.ndarray
+    loS: np.ndarray
+    hiS: np.ndarray
+    clamped: bool = False
+
+    def s_range(self, eps: float, safety: bool):
+        """``(s_c, s_lo, s_hi, clamp)``: ``s = 1/sqrt(var + eps)`` at the centre and
+        over the interval (``inf`` where it reaches ``var + eps <= 0``), and
+        whether the interval reaches 0 under a clamp."""
+        lo, hi = (self.loS, self.hiS) if safety else (self.lo0, self.hi0)
+        bottom = self.v - lo
+        if self.clamped:
+            bottom = np.maximum(bottom, 0.0)
+        clamp = np.asarray(self.clamped & (bottom <= 0))
+        return _invstd(self.v, eps), _invstd(self.v + hi, eps), _invstd(bottom, eps), clamp
+
+    def envelope(self, eps: float, dev_top):
+        """Spread of a quantity ``q(s)`` over the interval: ``dev_top(s_c, s_lo,
+        s_hi, clamp) -> (max |q(s) - q(s_c)|, max |q(s)|)``. Returns ``(spread,
+        top, unbounded)`` with ``spread = max(SAFETY * dev(model interval),
+        dev(SAFETY interval))``: the tolerance convention (SAFETY times the
+        model bound) in the quantity's own space, and never less than the image
+        of the SAFETY-widened variance interval (``q`` is not linear in the
+        variance: ``s`` is convex in it). ``top`` over the SAFETY interval;
+        ``unbounded`` where that interval reaches ``var + eps <= 0``."""
+        s_c, lo0, hi0, cl0 = self.s_range(eps, False)
+        _, loS, hiS, clS = self.s_range(eps, True)
+        dev0, _ = dev_top(s_c, lo0, hi0, cl0)
+        devS, top = dev_top(s_c, loS, hiS, clS)
+        unbounded = np.isinf(hiS) | np.isinf(s_c)
+        with np.errstate(invalid="ignore"):
+            return np.maximum(SAFETY * dev0, devS), top, unbounded
+
+
+def _s_dev_top(s_c, s_lo, s_hi, clamp):
+    """``q(s) = s``: its deviation and maximum over ``[s_lo, s_hi]``."""
+    with np.errstate(invalid="ignore"):
+        return np.maximum(s_hi - s_c, s_c - s_lo), s_hi
+
+
+def _s3_dev_top(s_c, s_lo, s_hi, clamp):
+    """``q(s) = s^3``: its deviation and maximum over ``[s_lo, s_hi]``."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.maximum(s_hi**3 - s_c**3, s_c**3 - s_lo**3), s_hi**3
+
+
+def _range_of_cubic(A, C, s_c, s_lo, s_hi, extra=None):
+    """Elementwise ``h(s) = A s - C s^3`` over ``s in [s_lo, s_hi]``: returns
+    ``(max |h(s) - h(s_c)|, max |h(s)|)``. A cubic's extremes on an interval
+    lie at its ends or at the critical point ``s* = sqrt(A / (3 C))``;
+    ``extra`` adds candidate values (the clamped-gradient branch)."""
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        h = lambda s: A * s - C * s**3  # noqa: E731
+        hc = h(s_c)
+        ratio = np.where(C != 0, A / (3.0 * np.where(C != 0, C, 1.0)), -1.0)
+        star = np.sqrt(np.where(ratio > 0, ratio, 0.0))
+        inside = (ratio > 0) & (star >= s_lo) & (star <= s_hi)
+        cands = [h(s_lo), h(s_hi), np.where(inside, h(star), hc)] + ([extra] if extra is not None else [])
+        dev = np.max([np.abs(c - hc) for c in cands], axis=0)
+        top = np.max([np.abs(c) for c in cands] + [np.abs(hc)], axis=0)
+    return dev, top
 
 
 def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Expectation:
@@ -214,6 +507,53 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
 
     Inputs are ``arrays`` (the cast values every adapter receives), promoted to
     float64. Raises :class:`OracleUndefined` where the semantics are undefined.
+
+    Precision profiles (``variance_algorithm``, ``compute_dtype``,
+    ``accumulation_dtype``) add to each observable an absolute ``spread``,
+    the envelope within which an implementation of that algorithm may
+    legitimately land, derived as follows (nothing fitted):
+
+    * one-pass variance: the centre is :func:`one_pass_variance` emulated in
+      the compute dtype (float32 for float32/half cases, float64 for float64,
+      or a narrower ``compute_dtype``). The framework's variance lies within
+      ``d0 = B + |emulated - exact|`` of it by the error MODEL (``B`` from
+      :func:`one_pass_error_bound`: the framework's own rounding; the second
+      term the emulation's actual error, known since the exact variance is at
+      hand), and within ``dS = SAFETY B + |emulated - exact|`` with the
+      tolerance model's SAFETY factor. Both intervals (lower end clamped at 0
+      for ``one_pass_clamped``) are propagated WITHOUT linearisation, so the
+      envelope stays valid where the uncertainty is comparable to
+      ``var + eps``: ``s = 1/sqrt(var + eps)`` ranges over each interval's
+      image; the output ``w (x - mean) s + b`` is monotone in ``s``; the input
+      gradient ``w (A s - C s^3)`` (``A = g - mean(g)``, ``C = (x - mean)
+      mean(g (x - mean))``) takes its extremes at the ends or at its critical
+      point; ``grad_weight = s sum(g (x - mean))`` is linear in ``s``. Where
+      the clamp may be active, the gradient with the variance's path cut
+      (``w A / sqrt(eps)``: the derivative of ``max(., 0)`` is 0 below 0) is
+      a candidate too. The spread of a quantity is ``max(SAFETY * deviation
+      over the model interval, deviation over the SAFETY interval)``: SAFETY
+      times the model bound, as :mod:`bnconform.compare` does for every other
+      bound, measured in the quantity's own space (so a framework at a
+      clamped END of the interval — variance 0, output ``(x - mean) /
+      sqrt(eps)`` — still has headroom SAFETY), and never less than the image
+      of the SAFETY-widened variance (``s`` is convex in the variance: a
+      deviation below the centre grows faster than linearly). Unclamped, a
+      SAFETY interval reaching ``var + eps <= 0`` bounds nothing (``inf``:
+      the framework may return any value there, NaN included). The running
+      variance carries both intervals through the moving average, so later
+      eval outputs and global-statistics gradients use their image; SGD
+      passes ``lr * spread(grad)`` on to the parameters, whose spread enters
+      later outputs by the triangle inequality (``|w s - w0 s0| <= |w0| |s -
+      s0| + dw max s``).
+    * ``compute_dtype`` / ``accumulation_dtype`` (dtype ``c`` narrower than
+      the default): an observable produced at ``c`` gets the tolerance the
+      :mod:`bnconform.compare` model gives a computation in ``c``,
+      ``SAFETY u_c (sqrt(m) magnitude + |value|)``; running statistics
+      accumulate it through the moving average (``(1 - f) spread + f ...``).
+      The centre stays the float64 value (the tolerance covers the rounding
+      of inputs to ``c``: magnitudes include ``|x|``).
+
+    The canonical profile computes none of this (``spread`` is None).
     """
     L, axis = case.layer, case.input.axis
     as32 = lambda v: None if v is None else float(np.float32(v))  # noqa: E731
@@ -235,26 +575,85 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
     out = Expectation(profile)
     cv = lambda v: channel_view(v, ndim, axis)  # noqa: E731
 
-    def apply_update(mean, var, abs_mean, mag_var):
+    # ---- precision envelope state (precision profiles only)
+    prec = profile.models_precision
+    dtype_in = case.input.dtype
+    default_acc = ACCUMULATION_DTYPE[dtype_in]
+
+    def narrower(dt: str) -> str | None:
+        """``dt`` resolved (``"input"``) if it is narrower than the default accumulation dtype."""
+        dt = dtype_in if dt == "input" else dt
+        return dt if dt != "default" and UNIT_ROUNDOFF[dt] > UNIT_ROUNDOFF[default_acc] else None
+
+    compute = narrower(profile.compute_dtype)
+    overrides = {o: narrower(d) for o, d in profile.accumulation_dtype}
+    emu_dtype = compute or default_acc
+    growth = np.sqrt(max(m, 1))
+
+    def u_of(observable: str) -> float:
+        """Unit roundoff of the precision ``observable`` is produced in, 0 when it is the default."""
+        dt = overrides.get(observable) or compute
+        return UNIT_ROUNDOFF[dt] if dt else 0.0
+
+    def b_spread(observable, value, magnitude):
+        """Spread of an observable produced at an overridden precision (0 otherwise)."""
+        u = u_of(observable)
+        return SAFETY * u * (growth * np.abs(magnitude) + np.abs(value)) if u else 0.0
+
+    zeros = lambda: np.zeros(L.num_features)  # noqa: E731
+    # The running variance's interval as offsets below/above its value (model and SAFETY;
+    # exactly 0 without spreads).
+    rv_off = {k: zeros() for k in ("lo0", "hi0", "loS", "hiS")}
+    sp = {"running_mean": zeros(), "weight": zeros(), "bias": zeros()}  # symmetric spreads
+
+    def spread_of(arr):
+        a = np.asarray(arr, dtype=np.float64)
+        return np.where(np.isnan(a), 0.0, a)
+
+    def apply_update(mean, var, abs_mean, mag_var, var_iv=None):
         nonlocal rm, rv, nbt
         nbt += 1
-        if m == 0:  # an empty batch carries no statistics: counted, nothing averaged in
-            return
+        if m == 0:  # an empty batch carries no statistics
+            if profile.empty_batch_update == "skip":  # counted, nothing averaged in
+                return
+            fill = np.nan if profile.empty_batch_update == "nan" else 0.0
+            mean = var = np.full(L.num_features, fill)
+            var_iv = None
+            abs_mean = mag_var = np.zeros(L.num_features)
         if L.momentum is None:
             if not profile.cumulative_average:
                 raise OracleUndefined("momentum=None (cumulative average) is not defined in this profile")
             factor = 1.0 / nbt
         else:
             factor = L.momentum
-        pop = population_variance(var, m, profile.running_var_correction)
-        corr = m / (m - 1) if profile.running_var_correction == "unbiased" else 1.0
+        if m == 0:  # "nan"/"zero": no Bessel factor exists for m = 0; 0 and NaN need none
+            pop, corr = var, 1.0
+        else:
+            pop = population_variance(var, m, profile.running_var_correction)
+            corr = m / (m - 1) if profile.running_var_correction == "unbiased" else 1.0
         rm, rv = ema(rm, mean, factor), ema(rv, pop, factor)
         mag["running_mean"] = (1 - factor) * mag["running_mean"] + factor * abs_mean
         mag["running_var"] = (1 - factor) * mag["running_var"] + factor * corr * mag_var
+        if prec:
+            u_rm, u_rv = u_of("running_mean"), u_of("running_var")
+            sp["running_mean"] = ((1 - factor) * sp["running_mean"]
+                                  + SAFETY * u_rm * (factor * growth * abs_mean + np.abs(rm)))
+            extra = SAFETY * u_rv * (factor * corr * growth * np.abs(mag_var) + np.abs(rv))
+            for k in rv_off:
+                batch_off = getattr(var_iv, k) if var_iv is not None else 0.0
+                if k.startswith("lo") and var_iv is not None and var_iv.clamped:
+                    batch_off = np.minimum(batch_off, np.maximum(var, 0.0))  # the clamp bounds it below
+                rv_off[k] = ((1 - factor) * rv_off[k] + factor * corr * batch_off
+                             + (extra if k.endswith("S") else extra / SAFETY))
 
     def effective_gamma():
         """The gamma the kernel uses and its magnitude (1 when gamma is fixed)."""
         return (np.ones_like(w), np.ones_like(w)) if profile.fixed_gamma else (w, mag["weight"])
+
+    def put(i, name, value, magnitude, spread=None):
+        if prec:
+            spread = np.broadcast_to(spread_of(0.0 if spread is None else spread), np.shape(value)).copy()
+        out.values[(i, name)] = Expected(value, magnitude, spread if prec else None)
 
     for i, step in enumerate(case.steps):
         if isinstance(step, Forward):
@@ -265,18 +664,28 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
                 abs_mean = np.abs(x).mean(axis=axes)
             as_train = step.mode == "train" and profile.train_statistics == "batch"
             use_batch = as_train or not L.track_running_stats
+            var_iv = None
             if use_batch:
                 mean, var = batch_stats(x, axis)  # NaN for an empty batch; the output is empty
                 # Two-pass variance: rounding of (x - mean) costs ~u*|x| per term.
                 mag_var = var + 2.0 * np.sqrt(var) * abs_mean
+                if profile.variance_algorithm != "two_pass" and m > 0:
+                    clamped = profile.variance_algorithm == "one_pass_clamped"
+                    exact = var
+                    var = one_pass_variance(x, axis, emu_dtype, clamped)
+                    bound = one_pass_error_bound(x, axis, UNIT_ROUNDOFF[emu_dtype])
+                    with np.errstate(invalid="ignore"):
+                        known = np.abs(var - exact)  # the emulation's own, known error
+                    var_iv = _VarInterval(var, bound + known, bound + known, SAFETY * bound + known,
+                                          SAFETY * bound + known, clamped)
             else:
                 mean, var, mag_var = rm.copy(), rv.copy(), None
             last = _Forward(x, use_batch, mean, var, abs_mean)
             if as_train and L.track_running_stats:
                 if profile.update_at == "forward":
-                    apply_update(mean, var, abs_mean, mag_var)
+                    apply_update(mean, var, abs_mean, mag_var, var_iv)
                 else:
-                    last.pending = (mean, var, abs_mean, mag_var)
+                    last.pending = (mean, var, abs_mean, mag_var, var_iv)
             gamma, gamma_mag = effective_gamma()
             with np.errstate(invalid="ignore", divide="ignore"):
                 y = normalize(x, mean, var, L.eps, gamma, b, axis)
@@ -284,7 +693,30 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
                 # mag["weight"] >= |w|: it carries the rounding history of gamma (SGD
                 # updates that cancel leave a small gamma with an absolute error).
                 y_mag = cv(gamma_mag * invstd) * (np.abs(x) + cv(np.abs(mean))) + cv(mag["bias"])
-            out.values[(i, "output")] = Expected(y, y_mag)
+            y_sp = None
+            if prec:
+                if use_batch:
+                    if var_iv is None:  # two-pass: the variance carries no envelope of its own
+                        var_iv = _VarInterval(var, zeros(), zeros(), zeros(), zeros())
+                    mean_sp = zeros()
+                    # The batch mean's model error u (sqrt(m) + 1) E|x| (see one_pass_error_bound):
+                    # the base tolerance covers it at the centre's 1/sqrt(var + eps), not over the
+                    # variance's range, where (x - mean) s moves by |d mean| |s - s_c| more.
+                    mean_model = UNIT_ROUNDOFF[emu_dtype] * (growth + 1.0) * abs_mean
+                else:
+                    var_iv = _VarInterval(var, rv_off["lo0"].copy(), rv_off["hi0"].copy(), rv_off["loS"].copy(),
+                                          rv_off["hiS"].copy())
+                    mean_sp, mean_model = sp["running_mean"].copy(), zeros()
+                last.var_iv, last.mean_spread, last.mean_model = var_iv, mean_sp, mean_model
+                w_sp = zeros() if profile.fixed_gamma else sp["weight"]
+                ds, s_top, unbounded = var_iv.envelope(L.eps, _s_dev_top)
+                with np.errstate(invalid="ignore", over="ignore"):
+                    xm = np.abs(x - cv(mean))
+                    y_sp = (_mul(xm, cv(np.abs(gamma) * ds + _mul(w_sp, s_top))) + cv(sp["bias"])
+                            + cv(_mul(np.abs(gamma) * mean_sp, s_top)) + cv(_mul(np.abs(gamma) * mean_model, ds)))
+                    y_sp = np.where(cv(unbounded), np.inf, y_sp)
+                y_sp = y_sp + b_spread("output", y, y_mag)
+            put(i, "output", y, y_mag, y_sp)
         elif isinstance(step, Backward):
             assert last is not None  # guaranteed by catalogue validation
             g = np.asarray(arrays.grad_outputs[i], dtype=np.float64)
@@ -303,32 +735,79 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
                 dw_mag, db_mag = (np.abs(g) * xh_mag).sum(axis=axes), np.abs(g).sum(axis=axes)
                 if profile.fixed_gamma:  # the gradient of a fixed gamma is 0, exactly
                     dw, dw_mag = np.zeros_like(dw), np.zeros_like(dw_mag)
-            out.values[(i, "grad_input")] = Expected(dx, dx_mag)
+            dx_sp = dw_sp = db_sp = None
+            if prec:
+                w_sp = zeros() if profile.fixed_gamma else sp["weight"]
+                iv = last.var_iv
+                ds, s_top, unbounded = iv.envelope(L.eps, _s_dev_top)
+                with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                    xm = last.x - cv(last.mean)
+                    if last.used_batch:
+                        A = g - g.mean(axis=axes, keepdims=True)
+                        C = xm * (g * xm).mean(axis=axes, keepdims=True)
+
+                        def cubic(s_c, s_lo, s_hi, clamp):
+                            # Where the clamp may be active, the variance's gradient path is cut:
+                            # A / sqrt(0 + eps) is a candidate (elsewhere h(s_c) adds nothing).
+                            cut = (np.where(cv(clamp), A * cv(s_hi), A * cv(s_c) - C * cv(s_c)**3)
+                                   if np.any(clamp) else None)
+                            return _range_of_cubic(A, C, cv(s_c), cv(s_lo), cv(s_hi), cut)
+
+                        dev, top, _ = iv.envelope(L.eps, cubic)
+                        # The mean's model error d moves C = (x - mean) mean(g (x - mean)) by at most
+                        # d (|mean(g (x - mean))| + |x - mean| |mean(g)|) + d^2 |mean(g)| (exact:
+                        # C is quadratic in the mean), over the s^3 range.
+                        ds3, _, _ = iv.envelope(L.eps, _s3_dev_top)
+                        d, gbar = cv(last.mean_model), np.abs(g.mean(axis=axes, keepdims=True))
+                        dC = d * (np.abs((g * xm).mean(axis=axes, keepdims=True)) + np.abs(xm) * gbar) + d * d * gbar
+                        dx_sp = (_mul(cv(np.abs(gamma)), dev) + _mul(cv(w_sp), top)
+                                 + _mul(cv(np.abs(gamma)), _mul(dC, cv(ds3))))
+                    else:
+                        dx_sp = _mul(np.abs(g), cv(np.abs(gamma) * ds + _mul(w_sp, s_top)))
+                    dx_sp = np.where(cv(unbounded), np.inf, dx_sp)
+                    sgx = np.abs((g * xm).sum(axis=axes))
+                    dw_sp = (_mul(sgx, ds) + _mul(np.abs(g.sum(axis=axes)) * last.mean_spread, s_top)
+                             + _mul(np.abs(g.sum(axis=axes)) * last.mean_model, ds))
+                    dw_sp = np.where(unbounded, np.inf, dw_sp)
+                    if profile.fixed_gamma:
+                        dw_sp = zeros()
+                db_sp = b_spread("grad_bias", db, db_mag)
+                dx_sp = dx_sp + b_spread("grad_input", dx, dx_mag)
+                if not profile.fixed_gamma:
+                    dw_sp = dw_sp + b_spread("grad_weight", dw, dw_mag)
+            put(i, "grad_input", dx, dx_mag, dx_sp)
             if L.affine:
-                grads = {"weight": (dw, dw_mag), "bias": (db, db_mag)}
-                for name, (v, vm) in grads.items():
+                grads = {"weight": (dw, dw_mag, dw_sp), "bias": (db, db_mag, db_sp)}
+                for name, (v, vm, vs) in grads.items():
                     if name not in L.frozen:
-                        out.values[(i, f"grad_{name}")] = Expected(v, vm)
+                        put(i, f"grad_{name}", v, vm, vs)
             if last.pending is not None:
                 apply_update(*last.pending)
                 if profile.update_at != "each_backward":  # each_backward: every backward re-applies it
                     last.pending = None
         elif isinstance(step, SgdStep):
             if L.affine:
-                for name, (grad, grad_mag) in grads.items():
+                lr = step.lr if profile.sgd_lr_dtype == "float64" else float(np.float32(step.lr))
+                for name, (grad, grad_mag, grad_sp) in grads.items():
                     if name in L.frozen:
                         continue
                     if name == "weight":
-                        w = w - step.lr * grad
+                        w = w - lr * grad
                     else:
-                        b = b - step.lr * grad
-                    mag[name] = mag[name] + step.lr * grad_mag
+                        b = b - lr * grad
+                    mag[name] = mag[name] + lr * grad_mag
+                    if prec:
+                        sp[name] = sp[name] + lr * grad_sp
         # State observables after every step.
         if L.track_running_stats:
-            out.values[(i, "running_mean")] = Expected(rm.copy(), mag["running_mean"].copy())
-            out.values[(i, "running_var")] = Expected(rv.copy(), mag["running_var"].copy())
-            out.values[(i, "num_batches_tracked")] = Expected(np.asarray(float(nbt)), np.asarray(0.0))
+            put(i, "running_mean", rm.copy(), mag["running_mean"].copy(), sp["running_mean"].copy())
+            rv_sp = None
+            if prec:
+                rv_sp = np.maximum(np.maximum(rv_off["lo0"], rv_off["hi0"]) * SAFETY,
+                                   np.maximum(rv_off["loS"], rv_off["hiS"]))
+            put(i, "running_var", rv.copy(), mag["running_var"].copy(), rv_sp)
+            put(i, "num_batches_tracked", np.asarray(float(nbt)), np.asarray(0.0))
         if L.affine:
-            out.values[(i, "weight")] = Expected(w.copy(), mag["weight"].copy())
-            out.values[(i, "bias")] = Expected(b.copy(), mag["bias"].copy())
+            put(i, "weight", w.copy(), mag["weight"].copy(), sp["weight"].copy())
+            put(i, "bias", b.copy(), mag["bias"].copy(), sp["bias"].copy())
     return out

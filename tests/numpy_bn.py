@@ -22,6 +22,7 @@ class NumpyBatchNorm(Adapter):
 
     name = "numpy-reference"
     framework = "numpy"
+    expectations = "data/expectations/numpy_bn.yaml"  # its documented rejection of undefined cases
 
     # Bug switches (all off here; the mutants flip one each).
     running_var_biased = False
@@ -34,6 +35,11 @@ class NumpyBatchNorm(Adapter):
     count_batches = True
     update_frozen = False
     grad_bias_sums_output = False
+    #: "two_pass" (the control), "one_pass" (E[x^2] - E[x]^2 in the parameter
+    #: dtype) or "one_pass_clamped" (max(., 0)): the precision variants.
+    variance_algorithm = "two_pass"
+    #: Empty-batch behaviour of the running update: "skip", "nan" or "zero".
+    empty_batch_update = "skip"
 
     observables = frozenset(OBSERVABLES)
 
@@ -63,7 +69,18 @@ class NumpyBatchNorm(Adapter):
                 if batch:
                     with np.errstate(invalid="ignore", divide="ignore"):
                         mean = x.mean(axis=axes) if n else np.full(x.shape[axis], np.nan, pdt)
-                        var = ((x - cv(mean)) ** 2).mean(axis=axes) if n else mean
+                        if self.variance_algorithm == "two_pass" or not n:
+                            var = ((x - cv(mean)) ** 2).mean(axis=axes) if n else mean
+                        else:  # one pass in the parameter dtype, summed like a SIMD CPU loop
+                            # (8 sequential lanes, then the lanes): an order unlike the oracle's
+                            lanes = lambda v: np.cumsum(  # noqa: E731
+                                np.pad(np.moveaxis(v, axis, 0).reshape(v.shape[axis], -1),
+                                       ((0, 0), (0, -n % 8))).reshape(v.shape[axis], -1, 8),
+                                axis=1, dtype=pdt)[:, -1].sum(axis=1, dtype=pdt)
+                            mean = (lanes(x) / pdt.type(n)).astype(pdt)
+                            var = (lanes(x * x) / pdt.type(n) - mean * mean).astype(pdt)
+                            if self.variance_algorithm == "one_pass_clamped":
+                                var = np.maximum(var, 0).astype(pdt)
                     if step.mode == "train" and L.track_running_stats and self.update_running_stats:
                         if self.count_batches:
                             nbt += 1
@@ -73,6 +90,10 @@ class NumpyBatchNorm(Adapter):
                             f = (1.0 - L.momentum) if self.momentum_is_decay else L.momentum
                         if n == 1 and not self.running_var_biased:
                             raise ValueError("unbiased variance of one value")
+                        if n == 0 and self.empty_batch_update != "skip":
+                            fill = np.nan if self.empty_batch_update == "nan" else 0.0
+                            rm = ((1 - f) * rm + f * fill).astype(pdt)
+                            rv = ((1 - f) * rv + f * fill).astype(pdt)
                         if n > 0:  # an empty batch has nothing to average in
                             pop = var if self.running_var_biased else var * (n / (n - 1))
                             rm = ((1 - f) * rm + f * mean).astype(pdt)
@@ -80,7 +101,8 @@ class NumpyBatchNorm(Adapter):
                     norm_var = var * (n / (n - 1)) if self.normalise_with_unbiased else var
                 else:
                     mean, norm_var = rm, rv
-                denom = (np.sqrt(norm_var) + L.eps) if self.eps_outside_sqrt else np.sqrt(norm_var + L.eps)
+                with np.errstate(invalid="ignore"):  # a one-pass variance may be negative: NaN, as in a framework
+                    denom = (np.sqrt(norm_var) + L.eps) if self.eps_outside_sqrt else np.sqrt(norm_var + L.eps)
                 x_hat = (x - cv(mean)) / cv(denom)
                 y = x_hat * cv(w) + cv(b)
                 cache = (x_hat, denom, batch or self.global_stats_grad_has_batch_terms)

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from bnconform.adapter import Divergence, load_adapter
+from bnconform.adapter import load_adapter
+from bnconform.expect import ExpectationError, parse
 from bnconform.compare import compare_one, tolerance
 from bnconform.engine import run_cell
 
@@ -17,24 +18,28 @@ def case(dtype="float32", **layer):
     return c.model_copy(update={"input": c.input.model_copy(update={"dtype": dtype})})
 
 
-BIASED = Divergence("biased-running-var", "quirk", "running_var from the biased batch variance", "test source",
-                    {"running_var_correction": "biased"})
+#: Their documented divergences: a plug-in adapter names its expectations file.
+ENGINE_EXPECTATIONS = "data/expectations/engine.yaml"
+
+
+def entries(text: str):
+    """Expectation entries from YAML text (the ``entries:`` list of an expectations file)."""
+    return parse(text, "test.yaml").entries
 
 
 class QuirkyBiased(MutantBiasedRunningVar):
     name = "quirky: documented biased"
-    divergences = (BIASED,)
+    expectations = ENGINE_EXPECTATIONS
 
 
 class DocumentedButCanonical(NumpyBatchNorm):
     name = "documented but canonical"
-    divergences = (BIASED,)
+    expectations = ENGINE_EXPECTATIONS
 
 
 class BuggyBiased(MutantBiasedRunningVar):
     name = "known bug: biased"
-    divergences = (Divergence("bug", "known_bug", "biased by mistake", "src", {"running_var_correction": "biased"},
-                              versions=">=2.0", issue="https://example.invalid/issue/1"),)
+    expectations = ENGINE_EXPECTATIONS
 
 
 class Unsupported(NumpyBatchNorm):
@@ -53,6 +58,7 @@ def test_conforms_and_fails():
 def test_documented_quirk_is_matched_strictly():
     r = run_cell(case(), QuirkyBiased(), "1")
     assert r.verdict == "quirk" and r.divergences[0]["id"] == "biased-running-var"
+    assert r.divergences[0]["ref"].endswith("tests/data/expectations/engine.yaml#biased-running-var")
     assert r.canonical_comparisons and not all(c["passed"] for c in r.canonical_comparisons)
 
 
@@ -73,8 +79,14 @@ def test_known_bug_and_version_range():
     # Outside the documented range the divergence is not expected: plain fails.
     r = run_cell(case(), BuggyBiased(), "1.9")
     assert r.verdict == "fails" and not r.divergences
-    with pytest.raises(ValueError):
-        Divergence("x", "known_bug", "s", "src")  # a known bug needs its upstream issue
+    with pytest.raises(ExpectationError, match="upstream issue"):  # a known bug needs its upstream issue
+        entries("entries: [{id: x, kind: known_bug, summary: s, source: src, options: {fixed_gamma: true}}]")
+
+
+def test_a_version_that_is_not_pep440_fails_closed():
+    # "2.1, cuDNN 9" cannot be placed in ">=2.0": the cell is an error, never "the divergence applies".
+    r = run_cell(case(), BuggyBiased(), "2.1, cuDNN 9")
+    assert r.verdict == "error" and "not PEP 440" in r.reason and "engine.yaml#bug" in r.reason
 
 
 def test_unsupported_error_and_bad_shapes():
@@ -164,36 +176,96 @@ def _backward_case():
     return c.model_copy(update={"input": c.input.model_copy(update={"dtype": "float32"})})
 
 
-def _expected_failure(observables):
-    return Divergence("grad-bias-bug", "known_bug", "grad_bias is wrong on backward cases", "src",
-                      finding="findings/x.py", observables=observables,
-                      when=lambda case: any(s.op == "backward" for s in case.steps))
+def _expected_failure(observables, max_ratio=1e6):
+    return entries(f"""
+entries:
+- id: grad-bias-bug
+  kind: known_bug
+  summary: grad_bias is wrong on backward cases
+  source: src
+  finding: findings/x.py
+  where: {{has_backward: true}}
+  expected_failure:
+    observables: {list(observables)}
+    max_ratio: {max_ratio}
+    derivation: test bound, stands for a bound derived from the defect
+""")
 
 
 def test_unmodelled_known_bug_is_a_strict_expected_failure():
     from .numpy_bn import MutantGradBiasWrong
 
-    class Documented(MutantGradBiasWrong):
-        name = "documented grad_bias bug"
-        divergences = (_expected_failure(("grad_bias",)),)
-
-    class Fixed(NumpyBatchNorm):
-        name = "bug fixed upstream"
-        divergences = (_expected_failure(("grad_bias",)),)
-
-    class WrongPlace(MutantGradBiasWrong):
-        name = "bug documented on the wrong observable"
-        divergences = (_expected_failure(("grad_input",)),)
-
-    r = run_cell(_backward_case(), Documented(), "1")
+    bug = _expected_failure(("grad_bias",))
+    r = run_cell(_backward_case(), MutantGradBiasWrong(), "1", expectations=bug)
     assert r.verdict == "known_bug" and r.divergences[0]["finding"] == "findings/x.py"
-    fixed = run_cell(_backward_case(), Fixed(), "1")
+    assert r.divergences[0]["ref"] == "test.yaml#grad-bias-bug"
+    fixed = run_cell(_backward_case(), NumpyBatchNorm(), "1", expectations=bug)
     assert fixed.verdict == "fails" and "no longer reproduce" in fixed.reason
-    assert run_cell(_backward_case(), WrongPlace(), "1").verdict == "fails"
-    # Outside its `when` predicate the bug is not expected: forward-only case conforms.
-    assert run_cell(case(), Documented(), "1").verdict == "conforms"
-    with pytest.raises(ValueError):
-        Divergence("q", "quirk", "no options and no observables", "src")
+    wrong_place = _expected_failure(("grad_input",))
+    assert run_cell(_backward_case(), MutantGradBiasWrong(), "1", expectations=wrong_place).verdict == "fails"
+    # Outside its selector the bug is not expected: forward-only case conforms.
+    assert run_cell(case(), MutantGradBiasWrong(), "1", expectations=bug).verdict == "conforms"
+    with pytest.raises(ExpectationError, match="exactly one of options, raises, expected_failure"):
+        entries("entries: [{id: q, kind: quirk, summary: no behaviour, source: src}]")
+
+
+def test_an_expected_failure_that_exceeds_its_bound_fails():
+    # Issue 15, item 6: a known bug that gets worse (here: any error above 2x the tolerance) is `fails`.
+    from .numpy_bn import MutantGradBiasWrong
+
+    r = run_cell(_backward_case(), MutantGradBiasWrong(), "1", expectations=_expected_failure(("grad_bias",), 2))
+    assert r.verdict == "fails" and "got worse than documented" in r.reason and "bound x2" in r.reason
+
+
+def test_an_expected_failure_with_a_structural_failure_fails():
+    # NaN or a missing value is not "the documented error, bounded": fails (unless declared absent).
+    class NoGradBias(NumpyBatchNorm):
+        name = "drops grad_bias"
+
+        def run(self, case, arrays):
+            return {k: v for k, v in super().run(case, arrays).items() if k[1] != "grad_bias"}
+
+    r = run_cell(_backward_case(), NoGradBias(), "1", expectations=_expected_failure(("grad_bias",)))
+    assert r.verdict == "fails" and "adapter returned no value" in r.reason
+    absent = entries("""
+entries:
+- id: grad-bias-missing
+  kind: known_bug
+  summary: grad_bias is None
+  source: src
+  finding: findings/x.py
+  expected_failure: {observables: [grad_bias], absent: [grad_bias], max_ratio: 2,
+                     derivation: "the gradient is missing, no value to bound"}
+""")
+    assert run_cell(_backward_case(), NoGradBias(), "1", expectations=absent).verdict == "known_bug"
+
+
+def test_a_documented_wrong_dtype_is_accepted_but_its_values_stay_bounded():
+    class Float64Stats(NumpyBatchNorm):
+        name = "returns running_mean in float64"
+        offset = 0.0
+
+        def run(self, case, arrays):
+            out = super().run(case, arrays)
+            return {k: (v.astype(np.float64) + self.offset if k[1] == "running_mean" else v) for k, v in out.items()}
+
+    class Float64StatsOff(Float64Stats):
+        offset = 1000.0
+
+    bug = entries("""
+entries:
+- id: stats-in-float64
+  kind: known_bug
+  summary: running_mean comes back in float64
+  source: src
+  finding: findings/x.py
+  expected_failure: {observables: [running_mean], wrong_dtype: [running_mean], max_ratio: 2,
+                     derivation: "the values are those of the float32 computation, stored wider"}
+""")
+    assert run_cell(case(), Float64Stats(), "1", expectations=bug).verdict == "known_bug"
+    r = run_cell(case(), Float64StatsOff(), "1", expectations=bug)
+    assert r.verdict == "fails" and "got worse than documented" in r.reason
+    assert run_cell(case(), Float64Stats(), "1", expectations=()).verdict == "fails"
 
 
 def test_an_adapter_writing_into_its_inputs_cannot_corrupt_other_cells():
@@ -212,29 +284,66 @@ def test_an_adapter_writing_into_its_inputs_cannot_corrupt_other_cells():
 
 
 def test_expected_exception_is_strict():
-    only_1d = lambda case: len(case.input.shape) == 4  # noqa: E731
-    limitation = Divergence("no-4d", "quirk", "4-D input is rejected", "src", raises=r"RuntimeError: .*4-D", when=only_1d)
+    limitation = entries("""
+entries:
+- id: no-4d
+  kind: quirk
+  summary: 4-D input is rejected
+  source: src
+  where: {rank: [4]}
+  raises: "RuntimeError: .*4-D"
+""")
 
     class Rejects(NumpyBatchNorm):
         name = "rejects 4-D"
-        divergences = (limitation,)
 
         def run(self, case, arrays):
             raise RuntimeError("cannot do 4-D input")
 
-    class Accepts(NumpyBatchNorm):
-        name = "accepts 4-D now"
-        divergences = (limitation,)
-
     class OtherError(NumpyBatchNorm):
         name = "raises something else"
-        divergences = (limitation,)
 
         def run(self, case, arrays):
             raise TypeError("unrelated")
 
-    r = run_cell(case(), Rejects(), "1")
+    r = run_cell(case(), Rejects(), "1", expectations=limitation)
     assert r.verdict == "quirk" and "cannot do 4-D" in r.reason
-    accepted = run_cell(case(), Accepts(), "1")
+    accepted = run_cell(case(), NumpyBatchNorm(), "1", expectations=limitation)
     assert accepted.verdict == "fails" and "expected to raise" in accepted.reason
-    assert run_cell(case(), OtherError(), "1").verdict == "error"
+    assert run_cell(case(), OtherError(), "1", expectations=limitation).verdict == "error"
+
+
+def _single_value_case():
+    c = make_case([{"op": "forward", "mode": "train"}])
+    return c.model_copy(update={"input": c.input.model_copy(update={"shape": [1, 3], "dtype": "float32"})})
+
+
+def test_an_undefined_case_conforms_only_with_the_documented_rejection():
+    # Issue 15, item 7: the oracle finds one value per channel undefined (no unbiased variance).
+    rejection = entries("""
+entries:
+- id: single-value-rejected
+  kind: rejection
+  summary: one value per channel in training is refused
+  source: src
+  raises: "ValueError: Expected more than 1 value per channel"
+""")
+
+    class Rejects(NumpyBatchNorm):
+        name = "rejects as documented"
+
+        def run(self, case, arrays):
+            raise ValueError("Expected more than 1 value per channel when training, got input size [1, 3]")
+
+    class AdapterBug(NumpyBatchNorm):
+        name = "adapter bug"
+
+        def run(self, case, arrays):
+            raise KeyError("adapter bug")
+
+    c = _single_value_case()
+    r = run_cell(c, Rejects(), "1", expectations=rejection)
+    assert r.verdict == "conforms" and r.divergences[0]["ref"] == "test.yaml#single-value-rejected"
+    r = run_cell(c, AdapterBug(), "1", expectations=rejection)
+    assert r.verdict == "error" and "KeyError" in r.reason and "undocumented" in r.reason
+    assert run_cell(c, Rejects(), "1", expectations=()).verdict == "error"  # no documented rejection at all

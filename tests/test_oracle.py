@@ -225,3 +225,238 @@ def test_fixed_gamma_ignores_gamma_and_zeroes_its_gradient():
     np.testing.assert_allclose(fixed.values[(0, "output")].value, unit.values[(0, "output")].value, rtol=1e-15)
     np.testing.assert_allclose(fixed.values[(1, "grad_input")].value, unit.values[(1, "grad_input")].value, rtol=1e-15)
     np.testing.assert_array_equal(fixed.values[(1, "grad_weight")].value, np.zeros(3))
+
+
+# ---------------------------------------------------------------- precision knobs
+
+U32 = 2.0**-24
+
+
+def _with_batch(case, x):
+    """The case's generated arrays with batch 0 replaced by ``x`` (hand values)."""
+    arrays = generate(case)
+    arrays.batches[0] = np.asarray(x, dtype=arrays.batches[0].dtype).reshape(case.input.shape)
+    return arrays
+
+
+def _float32_case(steps, shape, layer=None, dist=None):
+    return make_case(steps, {"init": {"running_mean": 0.0, "running_var": 1.0, "weight": 1.0, "bias": 0.0},
+                             **(layer or {})}, shape=shape, dist=dist, dtype="float32")
+
+
+def test_one_pass_variance_hand_values():
+    # x = [4097, 4099]: float32 squares 16785409 -> 16785408 and 16801801 -> 16801800 (ties to even,
+    # spacing 2 above 2^24), sum 33587208 exact, E[x^2] = 16793604 = 4098^2 = E[x]^2: var 0 (exact: 1).
+    x = np.array([[4097.0], [4099.0]])
+    assert oracle.one_pass_variance(x, 1, "float32", clamped=False) == [0.0]
+    assert oracle.one_pass_variance(x, 1, "float64", clamped=False) == [1.0]
+    # x = [4098, 4099, 4101]: E[x^2] = fl(50413604 / 3) = 16804534, E[x] = fl(12298 / 3) = 4099 + 683/2048,
+    # E[x]^2 = 16804535.11 -> 16804536: var = -2 (exact 14/9); clamped: 0.
+    x = np.array([[4098.0], [4099.0], [4101.0]])
+    assert oracle.one_pass_variance(x, 1, "float32", clamped=False) == [-2.0]
+    assert oracle.one_pass_variance(x, 1, "float32", clamped=True) == [0.0]
+    # float64 cancels too: E[x^2]/var ~ 1e7 times u64 ~ 1e-9 relative.
+    assert oracle.one_pass_variance(x, 1, "float64", clamped=False) == pytest.approx([14 / 9], rel=1e-8)
+
+
+def test_one_pass_error_bound_hand_value():
+    x = np.array([[4097.0], [4099.0]])
+    r = np.sqrt(2.0)
+    want = U32 * ((r + 3) * 16793605.0 + 2 * (r + 1) * 4098.0 * 4098.0)
+    assert oracle.one_pass_error_bound(x, 1, U32) == pytest.approx([want], rel=1e-14)
+
+
+def test_one_pass_clamped_output_envelope_hand_values():
+    case = _float32_case([{"op": "forward", "mode": "train"}], shape=(2, 1))
+    arrays = _with_batch(case, [4097.0, 4099.0])
+    eps = case.layer.eps
+    prof = CANONICAL.with_options("fast", variance_algorithm="one_pass_clamped")
+    e = simulate(case, arrays, prof).values[(0, "output")]
+    # Centre: the emulated variance is 0 -> y = (x - mean) / sqrt(eps).
+    np.testing.assert_allclose(e.value.ravel(), [-1 / np.sqrt(eps), 1 / np.sqrt(eps)], rtol=1e-12)
+    # Model interval [0, B0 + 1] (B0 the bound, 1 the emulation's known error), SAFETY interval
+    # [0, 4 B0 + 1]: ds = max(4 (s(0) - s(B0 + 1)), s(0) - s(4 B0 + 1)) = 4 (s(0) - s(B0 + 1)),
+    # times |x - mean| = 1 plus the mean's model error u (sqrt(2) + 1) E|x|.
+    b0 = oracle.one_pass_error_bound(np.array([[4097.0], [4099.0]]), 1, U32)[0]
+    s = lambda v: 1 / np.sqrt(v + eps)  # noqa: E731
+    mean_err = U32 * (np.sqrt(2) + 1) * 4098.0
+    np.testing.assert_allclose(e.spread.ravel(), (1 + mean_err) * 4 * (s(0) - s(b0 + 1)), rtol=1e-12)
+    # The two-pass (exact) answer lies inside the envelope.
+    exact = np.array([-1.0, 1.0]) / np.sqrt(1 + eps)
+    assert np.all(np.abs(exact - e.value.ravel()) <= e.spread.ravel())
+    # The running variance carries the interval (canonical unbiased update, m = 2: factor 2).
+    rv = simulate(case, arrays, prof).values[(0, "running_var")]
+    f, corr = case.layer.momentum, 2.0
+    assert rv.value == pytest.approx([(1 - f) * 1.0 + f * corr * 0.0])
+    # Lower offset clamped at 0 (the variance cannot go below 0), upper f * corr * (4 B0 + 1).
+    assert rv.spread == pytest.approx([max(4 * f * corr * (b0 + 1), f * corr * (4 * b0 + 1))])
+
+
+def test_unclamped_one_pass_is_unbounded_where_the_variance_can_be_negative():
+    case = _float32_case([{"op": "forward", "mode": "train"}, {"op": "backward"}], shape=(3, 1))
+    arrays = _with_batch(case, [4098.0, 4099.0, 4101.0])
+    raw = simulate(case, arrays, CANONICAL.with_options("torch", variance_algorithm="one_pass"))
+    y = raw.values[(0, "output")]
+    assert np.isnan(y.value).all()            # the emulated variance is -2: sqrt(-2 + eps) is NaN
+    assert np.isinf(y.spread).all() and np.isinf(raw.values[(1, "grad_input")].spread).all()
+    clamped = simulate(case, arrays, CANONICAL.with_options("flax", variance_algorithm="one_pass_clamped"))
+    assert np.isfinite(clamped.values[(0, "output")].spread).all()
+    assert np.isfinite(clamped.values[(1, "grad_input")].spread).all()
+
+
+@pytest.mark.parametrize("algorithm", ["one_pass", "one_pass_clamped"])
+def test_variance_envelope_contains_every_variance_of_the_safety_interval(algorithm):
+    # Brute force: evaluate output, grad_input, grad_weight at variances across the SAFETY interval
+    # (and, clamped, with the variance's gradient path cut at 0): all within value +- spread.
+    steps = [{"op": "forward", "mode": "train"}, {"op": "backward"}]
+    case = _float32_case(steps, shape=(8, 2, 3), dist={"mean": [40.0, -300.0], "std": [1.0, 0.5]})
+    arrays = generate(case)
+    prof = CANONICAL.with_options("p", variance_algorithm=algorithm)
+    ex = simulate(case, arrays, prof).values
+    x = arrays.batches[0].astype(np.float64)
+    g = arrays.grad_outputs[1].astype(np.float64)
+    mean, exact = oracle.batch_stats(x, 1)
+    v = oracle.one_pass_variance(x, 1, "float32", algorithm == "one_pass_clamped")
+    width = 4 * oracle.one_pass_error_bound(x, 1, U32) + np.abs(v - exact)
+    eps, w = case.layer.eps, np.ones(2)
+    m = case.input.reduction_size
+    mean_err = U32 * (np.sqrt(m) + 1) * np.abs(x).mean(axis=(0, 2))  # the mean's model error
+    for t, sign in [(t, sign) for t in np.linspace(-1.0, 1.0, 41) for sign in (-1, 0, 1)]:
+        var = v + t * width
+        if algorithm == "one_pass_clamped":
+            var = np.maximum(var, 0.0)
+        if np.any(var + eps <= 0):
+            continue
+        mu = mean + sign * mean_err
+        y = oracle.normalize(x, mu, var, eps, w, np.zeros(2), 1)
+        dx, dw, _ = oracle.backward_batch_stats(g, x, mu, var, eps, w, 1)
+        # A mean error's share at the centre's s = 1/sqrt(v + eps) belongs to the base tolerance.
+        s_c, xm = 1 / np.sqrt(v + eps), x - mean[None, :, None]
+        d, gbar = mean_err[None, :, None], np.abs(g.mean(axis=(0, 2), keepdims=True))
+        dC = d * (np.abs((g * xm).mean(axis=(0, 2), keepdims=True)) + np.abs(xm) * gbar) + d * d * gbar
+        share = {"output": (mean_err * s_c)[None, :, None], "grad_input": dC * (s_c**3)[None, :, None],
+                 "grad_weight": np.abs(g.sum(axis=(0, 2))) * mean_err * s_c}
+        cands = [("output", y), ("grad_input", dx), ("grad_weight", dw)]
+        if algorithm == "one_pass_clamped":  # at 0 the clamp cuts the variance's gradient path
+            cut = np.where(var[None, :, None] == 0, (g - g.mean(axis=(0, 2), keepdims=True)) / np.sqrt(eps), dx)
+            cands.append(("grad_input", cut))
+        for name, val in cands:
+            e = ex[(0 if name == "output" else 1, name)]
+            assert np.all(np.abs(val - e.value) <= (e.spread + abs(sign) * share[name]) * (1 + 1e-9)), (name, t, sign)
+    clamps = (v - width <= 0)
+    assert algorithm == "one_pass" or clamps.any()  # the clamped branch is exercised
+
+
+def test_canonical_and_semantic_profiles_carry_no_spread():
+    steps = [{"op": "forward", "mode": "train"}, {"op": "backward"}, {"op": "sgd_step", "lr": 0.1},
+             {"op": "forward", "mode": "eval"}]
+    case = make_case(steps)
+    for prof in (CANONICAL, CANONICAL.with_options("b", running_var_correction="biased", eps_dtype="float32",
+                                                   empty_batch_update="nan")):
+        assert prof.models_precision is False
+        assert all(e.spread is None for e in simulate(case, generate(case), prof).values.values())
+
+
+_TRAIN_BWD_SGD_EVAL = [{"op": "forward", "mode": "train"}, {"op": "backward"}, {"op": "sgd_step", "lr": 0.1},
+                       {"op": "forward", "mode": "eval", "batch": 1}]
+
+
+@pytest.mark.parametrize("knob, value, dtype, shape", [
+    ("variance_algorithm", "one_pass", "float32", (4, 3, 2, 2)),
+    ("variance_algorithm", "one_pass_clamped", "float32", (4, 3, 2, 2)),
+    ("compute_dtype", "float32", "float64", (4, 3, 2, 2)),
+    ("compute_dtype", "input", "float16", (4, 3, 2, 2)),
+    ("accumulation_dtype", {"grad_weight": "input"}, "float16", (4, 3, 2, 2)),
+    ("accumulation_dtype", {"grad_input": "bfloat16"}, "float32", (4, 3, 2, 2)),
+    ("accumulation_dtype", {"running_var": "input"}, "float16", (4, 3, 2, 2)),
+    ("empty_batch_update", "nan", "float32", (0, 3)),
+    ("empty_batch_update", "zero", "float32", (0, 3)),
+    ("sgd_lr_dtype", "float32", "float64", (4, 3, 2, 2)),
+])
+def test_a_precision_or_empty_batch_knob_is_never_ignored(knob, value, dtype, shape):
+    steps = _TRAIN_BWD_SGD_EVAL if shape[0] else [{"op": "forward", "mode": "train"}]
+    case = make_case(steps, {"init": {"running_mean": 1.0, "running_var": 2.0}}, shape=shape, dtype=dtype)
+    arrays = generate(case)
+    base, other = simulate(case, arrays), simulate(case, arrays, CANONICAL.with_options("k", **{knob: value}))
+    changed = []
+    for key, e in base.values.items():
+        o = other.values[key]
+        same_value = np.array_equal(e.value, o.value, equal_nan=True)
+        if not same_value or (o.spread is not None and np.any(o.spread > 0)):
+            changed.append(key[1])
+    assert changed, f"{knob}={value!r} changed nothing"
+
+
+def test_knobs_that_are_not_narrower_change_nothing():
+    # float32 compute on a float32 case, float32 accumulation of a float32 gradient: no envelope.
+    case = make_case(_TRAIN_BWD_SGD_EVAL, dtype="float32")
+    for opts in ({"compute_dtype": "float32"}, {"accumulation_dtype": {"grad_weight": "input"}}):
+        ex = simulate(case, generate(case), CANONICAL.with_options("k", **opts))
+        assert all(not np.any(e.spread) for e in ex.values.values()), opts
+
+
+def test_empty_batch_update_hand_values():
+    case = make_case([{"op": "forward", "mode": "train"}],
+                     {"momentum": 0.1, "init": {"running_mean": 1.0, "running_var": 2.0}}, shape=(0, 3))
+    arrays = generate(case)
+    get = lambda mode: simulate(case, arrays, CANONICAL.with_options(mode, empty_batch_update=mode)).values  # noqa: E731
+    skip, nan, zero = get("skip"), get("nan"), get("zero")
+    assert skip[(0, "running_mean")].value.tolist() == [1.0] * 3 and skip[(0, "running_var")].value.tolist() == [2.0] * 3
+    assert np.isnan(nan[(0, "running_mean")].value).all() and np.isnan(nan[(0, "running_var")].value).all()
+    np.testing.assert_allclose(zero[(0, "running_mean")].value, 0.9)
+    np.testing.assert_allclose(zero[(0, "running_var")].value, 1.8)
+    for ex in (skip, nan, zero):
+        assert ex[(0, "num_batches_tracked")].value == 1.0
+
+
+def test_compute_dtype_spread_is_the_float32_tolerance():
+    case = make_case([{"op": "forward", "mode": "train"}, {"op": "backward"}], dtype="float64")
+    ex = simulate(case, generate(case), CANONICAL.with_options("k", compute_dtype="float32")).values
+    m = case.input.reduction_size
+    for key in ((0, "output"), (1, "grad_input"), (1, "grad_weight"), (1, "grad_bias")):
+        e = ex[key]
+        np.testing.assert_allclose(e.spread, 4 * U32 * (np.sqrt(m) * e.magnitude + np.abs(e.value)), rtol=1e-12)
+
+
+def test_accumulation_dtype_passes_through_sgd_to_the_parameter():
+    steps = [{"op": "forward", "mode": "train"}, {"op": "backward"}, {"op": "sgd_step", "lr": 0.5}]
+    case = make_case(steps, dtype="float16")
+    ex = simulate(case, generate(case),
+                  CANONICAL.with_options("k", accumulation_dtype={"grad_weight": "input"})).values
+    m, u16 = case.input.reduction_size, 2.0**-11
+    gw = ex[(1, "grad_weight")]
+    np.testing.assert_allclose(gw.spread, 4 * u16 * (np.sqrt(m) * gw.magnitude + np.abs(gw.value)), rtol=1e-12)
+    np.testing.assert_allclose(ex[(2, "weight")].spread, 0.5 * gw.spread, rtol=1e-12)
+    assert not np.any(ex[(1, "grad_bias")].spread) and not np.any(ex[(1, "grad_input")].spread)
+
+
+@pytest.mark.parametrize("options, field", [
+    ({"variance_algorithm": "three_pass"}, "variance_algorithm"),
+    ({"empty_batch_update": "drop"}, "empty_batch_update"),
+    ({"compute_dtype": "float8"}, "compute_dtype"),
+    ({"accumulation_dtype": {"gradient": "input"}}, "accumulation_dtype"),
+    ({"accumulation_dtype": {"grad_input": "half"}}, "accumulation_dtype"),
+])
+def test_bad_knob_values_are_rejected_by_name(options, field):
+    with pytest.raises(ValueError, match=field):
+        CANONICAL.with_options("bad", **options)
+
+
+def test_mapping_knobs_merge_key_by_key():
+    merged = oracle.merge_options([{"accumulation_dtype": {"grad_input": "input"}, "eps_dtype": "float32"},
+                                   {"accumulation_dtype": {"grad_weight": "input"}}])
+    assert merged == {"accumulation_dtype": {"grad_input": "input", "grad_weight": "input"}, "eps_dtype": "float32"}
+    assert CANONICAL.with_options("m", **merged).options()["accumulation_dtype"] == merged["accumulation_dtype"]
+    with pytest.raises(ValueError, match="grad_input"):
+        oracle.merge_options([{"accumulation_dtype": {"grad_input": "float16"}},
+                              {"accumulation_dtype": {"grad_input": "bfloat16"}}])
+
+
+def test_sgd_lr_dtype_float32_hand_value():
+    steps = [{"op": "forward", "mode": "train"}, {"op": "backward"}, {"op": "sgd_step", "lr": 0.1}]
+    case = make_case(steps)
+    arrays = generate(case)
+    base, f32 = simulate(case, arrays), simulate(case, arrays, CANONICAL.with_options("lr", sgd_lr_dtype="float32"))
+    g, w0 = base.values[(1, "grad_weight")].value, np.asarray(arrays.init["weight"], np.float64)
+    assert np.array_equal(f32.values[(2, "weight")].value, w0 - float(np.float32(0.1)) * g)
+    assert np.array_equal(base.values[(2, "weight")].value, w0 - 0.1 * g)

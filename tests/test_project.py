@@ -60,8 +60,26 @@ def test_builtin_adapters_resolve_and_cite_sources():
         cls = getattr(importlib.import_module(module), cls_name)  # framework imports are lazy
         assert issubclass(cls, Adapter) and cls.name == name and cls.framework == framework.split(".")[0]
         assert cls.__doc__ or importlib.import_module(module).__doc__
-        for d in cls.divergences:
-            assert d.source.strip(), f"{name}: divergence {d.id} has no source"
+        assert not hasattr(cls, "divergences"), f"{name}: divergences live in expectations/*.yaml"
+
+
+def test_adapters_only_translate():
+    """No adapter module judges: no Divergence, no oracle, array generator or
+    comparison (their expectations are data in expectations/*.yaml)."""
+    import ast
+
+    forbidden = {"bnconform.oracle", "bnconform.arrays", "bnconform.compare", "bnconform.expect"}
+    for path in sorted((ROOT / "adapters").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+                assert not names & forbidden, f"{path.name} imports {sorted(names & forbidden)}"
+                assert "Divergence" not in {a.name for a in node.names}, f"{path.name} imports Divergence"
+            elif isinstance(node, ast.Import):
+                assert not {a.name for a in node.names} & forbidden, f"{path.name} imports the judging code"
+            elif isinstance(node, ast.Name):
+                assert node.id != "Divergence", f"{path.name} defines a Divergence"
 
 
 def test_github_workflow_is_valid_and_names_real_tox_envs():

@@ -84,7 +84,7 @@ class AdapterInfo(_Model):
 
 
 class DivergenceInfo(_Model):
-    """A documented divergence as recorded (:meth:`bnconform.adapter.Divergence.record`)."""
+    """A documented divergence as recorded (``divergences`` entries of a record: :meth:`bnconform.expect.Entry.to_dict`)."""
 
     id: str | None
     """Divergence id (stable; what the baseline diff compares)."""
@@ -110,6 +110,12 @@ class DivergenceInfo(_Model):
     """Observables an expected failure covers."""
     raises: str | None
     """Pattern of the expected exception."""
+    ref: str | None = None
+    """The expectations entry it came from, ``expectations/<file>.yaml#<id>``."""
+    max_ratio: float | dict[str, float] | None = None
+    """An expected failure's bound: the worst error/tolerance ratio allowed (per input dtype when a mapping)."""
+    derivation: str | None = None
+    """How that bound follows from the documented defect."""
 
 
 class ComparisonTable(_Model):

@@ -118,7 +118,8 @@ def _divergence_info(d: dict) -> DivergenceInfo:
         source=_text(d.get("source")), source_url=safe_url(d.get("source")),
         issue=_text(d.get("issue")), issue_url=safe_url(d.get("issue")), finding=_text(d.get("finding")),
         options=d.get("options") or {}, versions=_text(d.get("versions")),
-        observables=[str(o) for o in d.get("observables") or []], raises=_text(d.get("raises")))
+        observables=[str(o) for o in d.get("observables") or []], raises=_text(d.get("raises")),
+        ref=_text(d.get("ref")), max_ratio=d.get("max_ratio"), derivation=_text(d.get("derivation")))
 
 
 def merge_marks(merged: Merged) -> tuple[dict[tuple[str, str], str], dict[tuple[str, str], list[OtherRecord]]]:

@@ -166,7 +166,8 @@ def build_context(merged: Merged, title: str = "bnconform parity report", baseli
         changed = key in changes or key in added or case_id in new_cases or adapter in new_adapters
         return {"v": r.verdict, "g": GLYPHS[r.verdict], "i": cell_index[key], "mark": data.cells[cell_index[key]].mark,
                 "changed": changed, "tip": f"{case_id} on {adapter}: {r.verdict}"
-                + (f" (was {changes[key].old_verdict})" if key in changes else "")}
+                + (f" (was {changes[key].old_verdict})" if key in changes else "")
+                + "".join(f" from {d['ref']}" for d in r.divergences if d.get("ref"))}
 
     def row(case_id):
         meta = layout.cases[case_id]
