@@ -169,7 +169,7 @@ def test_the_report_names_the_expectations_entry_of_every_quirk_and_known_bug_ce
     assert f"from {ref}" in text  # the cell's tooltip
     assert text.count(ref) >= 2  # the tooltip and the embedded divergence the drill-down shows
     template = (ROOT / "bnconform" / "templates" / "app.js.j2").read_text()
-    assert '"from ", el("code", {text: d.ref})' in template  # the drill-down line
+    assert '"from ", el("code", {text: dv.ref})' in template  # the drill-down line
 
 
 def test_validate_reports_every_bad_file(tmp_path):
