@@ -25,6 +25,11 @@ Verdicts:
 * no current cell is ``fails`` or ``error`` (a documented quirk or known bug
   that stopped reproducing is already ``fails``); each is listed once, with
   its baseline verdict when there is a baseline;
+* every documented divergence modelled by oracle options still reproduces
+  on its row: at least one of the cells that show it leaves the canonical
+  tolerance (:func:`bnconform.resultset.unreproduced_divergences`; the row-level
+  check a precision divergence needs, which widens the envelope and so cannot
+  be caught per cell). Skipped, with a note, for ``--allow-partial`` runs;
 * every required framework (``--require-frameworks``) and every framework of
   the baseline has cells in the current results that are not all ``unsupported``;
 * against the baseline: no cell changed verdict or divergence set, no case,
@@ -50,7 +55,7 @@ from pathlib import Path
 
 from .compare import SAFETY
 from .results import FAILING, Shard, catalogue_digest, catalogue_dirs
-from .resultset import Diff, Merged, diff, divergence_ids, load_and_merge, merge
+from .resultset import Diff, Merged, diff, divergence_ids, load_and_merge, merge, unreproduced_divergences
 
 #: Error/tolerance ratios below this are within a correct algorithm's rounding
 #: noise. The tolerance (``bnconform.compare``) is ``SAFETY`` times the rounding
@@ -291,6 +296,13 @@ def evaluate(current: Merged, baseline: Merged | None = None, require_frameworks
                      " [baseline: same]" if baseline is not None and r.cell in baseline.cells else "")
             res.problems.append(f"{r.verdict}: {r.case_id} on {r.adapter} ({r.framework} {r.framework_version})"
                                 f"{since}: {_first_line(r.reason)}")
+
+    gone = unreproduced_divergences(current.records)
+    if allow_partial:
+        res.notes += [f"not checked (--allow-partial: the selection may hold none of its reproducing cells): {g}"
+                      for g in gone]
+    else:
+        res.problems += gone
 
     fw_of = {r.adapter: r.framework for r in current.records}
 

@@ -183,6 +183,9 @@ class Recorder:
         self.started_at: dict[str, float] = {}
         self.collection_errors: dict[str, str] = {}
         self.collected = None
+        #: Records of quirk/known_bug cells (row-level reproduction check at the end of a complete run).
+        self.judged: list[dict] = []
+        self.unreproduced: list[str] = []
         self.ended: str | None = None
         self.timeout = _timeout(config)
         self.timeout_method = _timeout_method(config)
@@ -267,6 +270,15 @@ class Recorder:
             detail = "pytest internal error"
         else:
             how = "complete"
+        if how == "complete" and self.collected is not None and not self.collected.partial:
+            # Row-level strictness (resultset.unreproduced_divergences): a documented divergence modelled
+            # by oracle options must still reproduce somewhere on its row; only a complete run can tell.
+            from .results import ResultRecord
+            from .resultset import unreproduced_divergences
+
+            self.unreproduced = unreproduced_divergences(ResultRecord.model_validate(d) for d in self.judged)
+            if self.unreproduced:
+                session.exitstatus = exitstatus = pytest.ExitCode.TESTS_FAILED
         self.writer.write(RunEnd(how=how, detail=detail, exitstatus=int(exitstatus), ended=now(),
                                  records=len(self.written),
                                  collection_errors=[f"{k}: {v}" for k, v in self.collection_errors.items()],
@@ -296,6 +308,8 @@ class Recorder:
         self.writer.write(data)
         self.written.add(data.get("nodeid"))
         self.counts[data["verdict"]] += 1
+        if data["verdict"] in ("quirk", "known_bug"):
+            self.judged.append(data)
         build = data.get("framework_build")
         self.versions[data["adapter"]] = data["framework_version"] + (f" ({build})" if build else "")
 
@@ -357,6 +371,8 @@ class Recorder:
                 tr.write_line(f"  PARTIAL run: {len(self.collected.cells)} of {self.collected.full} cells of the "
                               f"selected adapters were selected; `bnconform gate` refuses this shard unless "
                               f"--allow-partial", yellow=True)
+            for line in self.unreproduced:
+                tr.write_line(f"  BEHAVIOUR CHANGED: {line}", red=True)
             if self.ended and self.ended != "complete":
                 tr.write_line(f"  run ended {self.ended}: `bnconform gate` refuses this shard", red=True)
 

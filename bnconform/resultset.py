@@ -16,6 +16,7 @@ The gate (:mod:`bnconform.gate`) imports only this module and
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -238,3 +239,49 @@ def _versions(m: Merged) -> dict[str, set[str]]:
     for r in m.records:
         v[r.adapter].add(r.framework_version)
     return v
+
+
+# --------------------------------------------------------------------------- row-level reproduction
+
+def unreproduced_divergences(records: Iterable[ResultRecord]) -> list[str]:
+    """Divergences modelled by oracle ``options`` that no longer reproduce on a row.
+
+    Returns one line per ``(env, adapter, divergence id)``; empty when every
+    modelled divergence still shows somewhere.
+
+    A quirk or known bug with ``options`` is judged per cell against the oracle
+    run with those options, and the engine's per-cell strictness ("the framework
+    now matches the canonical oracle" -> ``fails``) catches a VALUE divergence
+    that stops. A precision divergence (``variance_algorithm: one_pass``, a
+    narrower ``compute_dtype`` / ``accumulation_dtype``) only widens the
+    tolerance envelope around the exact value: on one cell an accurate
+    framework and one running the documented algorithm are both inside it, so
+    no cell can notice a fix. Across a row it can be noticed: a framework that
+    still runs the documented algorithm leaves the canonical tolerance on some
+    cell where the divergence manifests (that is what made it a documented
+    divergence). When NONE of the row's cells that show the divergence
+    (verdict ``quirk``/``known_bug``) fails its canonical comparison, the
+    documented behaviour is gone from the row: a behaviour change. No threshold
+    is involved: "fails the canonical comparison" is the tolerance model's own
+    pass/fail.
+
+    Only meaningful on a complete run of the row (a ``-k`` selection may hold
+    none of the reproducing cells): callers apply it to complete shards.
+    """
+    shows: dict[tuple[str, str, str], int] = defaultdict(int)
+    reproduces: set[tuple[str, str, str]] = set()
+    for r in records:
+        if r.verdict not in ("quirk", "known_bug"):
+            continue
+        canonical = r.canonical_comparisons or r.comparisons
+        out = any(c.get("passed") is False for c in canonical)
+        for d in r.divergences:
+            if not d.get("options") or d.get("kind") not in ("quirk", "known_bug"):
+                continue
+            key = (r.env, r.adapter, str(d.get("id")))
+            shows[key] += 1
+            if out:
+                reproduces.add(key)
+    return [f"documented divergence {i} no longer reproduces on {a} (env {e}): on none of its {n} cells does the "
+            f"framework leave the canonical tolerance (fixed, or the row takes another code path?)"
+            for (e, a, i), n in sorted(shows.items()) if (e, a, i) not in reproduces]

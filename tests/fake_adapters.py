@@ -166,3 +166,19 @@ class MomentumFlippedReference(NumpyBatchNorm):
 
     name = "numpy-reference"
     momentum_is_decay = True
+
+
+class OnePassRow(NumpyBatchNorm):
+    """Runs the documented one-pass variance it declares (tests/data/expectations/fake_one_pass.yaml)."""
+
+    name = "fake: one-pass variance"
+    variance_algorithm = "one_pass_clamped"
+    expectations = "data/expectations/fake_one_pass.yaml"
+
+
+class FixedOnePassRow(OnePassRow):
+    """Declares the one-pass variance but computes two-pass: the documented defect was fixed, and no
+    single cell can tell (both lie inside the one-pass envelope); only the whole row can."""
+
+    name = "fake: one-pass variance, fixed"
+    variance_algorithm = "two_pass"

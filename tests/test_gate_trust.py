@@ -345,3 +345,20 @@ def test_report_shows_an_incomplete_run_and_a_rerun_command_that_runs(project):
     proc = subprocess.run([sys.executable, *argv[1:], "--results-dir", "rerun"], cwd=project.path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout
+
+
+# ------------------------------------------------------------------ a precision divergence that stopped
+
+def test_a_precision_divergence_fixed_on_a_whole_row_fails_the_run_and_the_gate(project):
+    # numerics.yaml holds the ill-conditioned cases on which a one-pass variance leaves the canonical tolerance.
+    shutil.copy(ROOT / "cases" / "numerics.yaml", project.path / "cases" / "numerics.yaml")
+    honest = run(project, "--adapter", FAKE + "OnePassRow", results="base")
+    assert honest.ret == 0, honest.stdout.str()[-3000:]
+    assert gate(project, "base")[0] == 0
+    fixed = run(project, "--adapter", FAKE + "FixedOnePassRow")
+    verdicts = {r["verdict"] for r in records(project)}
+    assert verdicts <= {"conforms", "known_bug", "unsupported"}  # no cell alone can tell
+    assert fixed.ret == 1 and "BEHAVIOUR CHANGED: documented divergence fake-one-pass-variance no longer " \
+                              "reproduces" in fixed.stdout.str()
+    code, out = gate(project, "res")
+    assert code == 1 and "fake-one-pass-variance no longer reproduces on fake: one-pass variance, fixed" in out, out
