@@ -132,9 +132,62 @@ class Adapter:
         """Reason the framework cannot express ``case`` (-> ``unsupported``), or None."""
         return None
 
-    def run(self, case: Case, arrays: CaseArrays) -> Observations:  # pragma: no cover - abstract
-        """Run ``case.steps`` on one fresh layer; return observations (see module doc)."""
-        raise NotImplementedError
+    def run(self, case: Case, arrays: CaseArrays) -> Observations:
+        """Run ``case.steps`` on one fresh layer; return observations (see module doc).
+
+        Do not override: implement the hooks below, which the one step
+        interpreter (:func:`bnconform.drive.interpret`) calls. An adapter that
+        still overrides ``run`` is called as before (legacy)."""
+        from .drive import interpret
+
+        return interpret(self, case, arrays)
+
+    # Hooks of the step interpreter (bnconform/drive.py owns the step
+    # semantics; ``cell`` is a bnconform.drive.Cell, one per run).
+    def scope(self, case: Case):
+        """Context manager around one cell's build and steps (process-wide
+        framework switches, e.g. ``torch.backends.cudnn.flags``). Default: none."""
+        from .drive import nullscope
+
+        return nullscope(case)
+
+    def build(self, cell) -> None:
+        """Create ONE fresh layer configured from ``cell.case.layer`` with the
+        initial state ``cell.arrays.init`` (see ``cell.init``); keep whatever
+        the other hooks need as attributes of ``cell``."""
+        raise NotImplementedError(f"adapter {self.name!r} implements neither run() nor the build() hook")
+
+    def forward(self, cell, x: np.ndarray, mode: str):
+        """Run the layer on batch ``x`` (NumPy, storage dtype, the case's layout)
+        in ``mode`` (``train`` / ``eval`` / ``train_global_stats``); record what
+        a later :meth:`backward` needs when ``cell.needs_grad``. Return the
+        output (framework value, input dtype)."""
+        raise NotImplementedError(f"adapter {self.name!r} has no forward() hook")
+
+    def backward(self, cell, grad_output: np.ndarray, retain: bool):
+        """Back-propagate ``grad_output`` (NumPy, storage dtype) through the latest
+        forward with FRESH gradients; keep the graph when ``retain``. Return
+        ``(grad_input, {"weight": g, "bias": g})`` (at least the parameters in
+        ``cell.trainable``; a ``None`` gradient is reported as missing)."""
+        raise NotImplementedError(f"adapter {self.name!r} has no backward() hook")
+
+    def sgd_step(self, cell, lr: float) -> None:
+        """One plain SGD update ``p -= lr * grad`` of exactly ``cell.trainable``
+        with the latest backward's gradients; called on every ``sgd_step`` of an
+        affine layer, also when all parameters are frozen (``cell.trainable``
+        empty: an optimizer built from the trainable list is then not built)."""
+        raise NotImplementedError(f"adapter {self.name!r} has no sgd_step() hook")
+
+    def state(self, cell) -> dict:
+        """The layer's state now: any of ``running_mean``, ``running_var``,
+        ``num_batches_tracked``, ``weight``, ``bias`` (framework values); the
+        interpreter keeps what the case and ``observables`` make observable."""
+        return {}
+
+    def to_numpy(self, value) -> np.ndarray:
+        """A framework value (tensor, array) as NumPy; bfloat16 may stay
+        ``ml_dtypes.bfloat16`` (the interpreter widens it to float32)."""
+        return np.asarray(value)
 
     # Helpers shared by adapters (translation only).
     @staticmethod

@@ -29,6 +29,7 @@ from .adapter import Adapter, Divergence
 from .arrays import CaseArrays, generate
 from .catalogue import Case
 from .compare import compare, expectations_agree
+from .drive import run_program
 from .oracle import CANONICAL, Expectation, OracleUndefined, Profile, simulate
 from .results import ResultRecord, current_env
 
@@ -128,7 +129,7 @@ def run_cell(case: Case, adapter: Adapter, framework_version: str | None = None,
     try:
         if raising:
             try:
-                adapter.run(case, copy.deepcopy(_arrays(case)))
+                run_program(adapter, case, copy.deepcopy(_arrays(case)))
             except Exception as exc:  # noqa: BLE001
                 text = f"{type(exc).__name__}: {exc}"
                 match = [d for d in raising if re.search(d.raises, text)]
@@ -142,7 +143,7 @@ def run_cell(case: Case, adapter: Adapter, framework_version: str | None = None,
                           divergences=[d.to_dict() for d in raising])
         # A private copy: an adapter that writes into its inputs cannot corrupt
         # the oracle's arrays or the next cell's.
-        observations = adapter.run(case, copy.deepcopy(_arrays(case)))
+        observations = run_program(adapter, case, copy.deepcopy(_arrays(case)))
     except Exception as exc:  # noqa: BLE001 - any framework failure is a verdict
         if isinstance(canonical, OracleUndefined) and isinstance(divergent, OracleUndefined):
             return record("conforms", f"the oracle finds this case undefined ({canonical}) and the framework "
