@@ -69,7 +69,10 @@ class TorchAdapter(Adapter):
         return module
 
     def to_numpy(self, t) -> np.ndarray:
-        """torch tensor -> numpy; bfloat16 becomes float32 (exact), per the adapter protocol."""
+        """torch tensor -> numpy; bfloat16 becomes float32 (exact), per the adapter protocol.
+        NumPy (what an exported graph's runtime returns) passes through."""
+        if isinstance(t, np.ndarray):
+            return t
         t = t.detach().cpu()
         if str(t.dtype) == "torch.bfloat16":
             t = t.float()
