@@ -6,7 +6,7 @@ Idioms translated:
 * ``layer.frozen`` -> ``parameter.requires_grad_(False)`` and the parameter
   left out of ``torch.optim.SGD``.
 * ``sgd_step`` -> ``torch.optim.SGD(params, lr).step()`` (plain SGD).
-* ``backward`` -> ``output.backward(grad_output, retain_graph=case.backward_follows(i))`` after
+* ``backward`` -> ``output.backward(grad_output, retain_graph=retain)`` after
   clearing every ``.grad`` (gradients are not accumulated across steps).
 """
 

@@ -1,9 +1,11 @@
 """The adapter protocol: how a framework's BatchNorm is driven through a case.
 
 An adapter TRANSLATES and CALLS; it never compares, never judges, and holds no
-tolerance. It receives the case (framework-neutral semantics) and the arrays
-(identical for every adapter), runs the step program on ONE layer instance,
-and returns observations::
+tolerance. It supplies framework hooks (build the layer, forward in a mode,
+backward with a grad_output, SGD step, read the state: :class:`Adapter`);
+the one step interpreter (:mod:`bnconform.drive`) runs the case's step
+program through them on ONE layer instance, with the case's arrays (identical
+for every adapter), and returns observations::
 
     {(step_index, observable): numpy.ndarray}
 
@@ -101,7 +103,9 @@ class Divergence:
 
 
 class Adapter:
-    """Base class of every adapter; subclass and fill the class attributes.
+    """Base class of every adapter; subclass, fill the class attributes and
+    implement the hooks (:meth:`build`, :meth:`forward`, :meth:`backward`,
+    :meth:`sgd_step`, :meth:`state`; optionally :meth:`scope`, :meth:`to_numpy`).
 
     ``name``: row label in the report (e.g. ``"torch.nn.BatchNorm2d"``).
     ``framework``: the import name (``"torch"``); ``framework_version()``
@@ -188,11 +192,6 @@ class Adapter:
         """A framework value (tensor, array) as NumPy; bfloat16 may stay
         ``ml_dtypes.bfloat16`` (the interpreter widens it to float32)."""
         return np.asarray(value)
-
-    # Helpers shared by adapters (translation only).
-    @staticmethod
-    def frozen(case: Case, name: str) -> bool:
-        return name in case.layer.frozen
 
 
 def load_adapter(target: str) -> Adapter:
