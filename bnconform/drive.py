@@ -9,7 +9,7 @@ the :mod:`bnconform.adapter` module docstring). For each cell::
         for i, step in enumerate(case.steps):
             forward:  output      = adapter.forward(cell, x, mode)
             backward: grad_input, {name: grad} = adapter.backward(cell, grad_output, retain)
-            sgd_step: adapter.sgd_step(cell, lr)        # only if some parameter is trainable
+            sgd_step: adapter.sgd_step(cell, lr)        # only for an affine layer
             every step: adapter.state(cell) -> {running_mean, running_var,
                                                 num_batches_tracked, weight, bias}
 
@@ -39,8 +39,15 @@ Semantics owned here (adapters must not re-decide them):
 * State is read back after EVERY step; ``running_mean`` / ``running_var`` /
   ``num_batches_tracked`` only with ``track_running_stats``, ``weight`` /
   ``bias`` only with ``affine``, and only what ``adapter.observables`` lists.
-* Returned arrays: NumPy copies; bfloat16 (``ml_dtypes``) becomes float32
-  (exact). No other dtype conversion: the comparison checks storage dtypes.
+* Returned arrays: NumPy copies (``adapter.to_numpy``, then copied: a buffer
+  the framework updates in place cannot change an earlier observation);
+  bfloat16 (``ml_dtypes`` or TensorFlow's) becomes float32 (exact). No other
+  dtype conversion: the comparison checks storage dtypes.
+* An empty batch (N = 0) is passed like any other; what the framework does
+  with it is observed, not special-cased here.
+
+Raises whatever a hook raises (the engine turns it into an ``error`` cell, or
+matches it against a documented expected exception).
 
 ``Cell.needs_grad`` says whether the program has a backward (a forward then
 records what the backward needs, e.g. a ``GradientTape``). Functional
