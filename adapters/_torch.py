@@ -68,10 +68,12 @@ class TorchAdapter(Adapter):
                 module.bias.copy_(self.tensor(arrays.init["bias"], pdt))
         return module
 
-    @staticmethod
-    def numpy(t) -> np.ndarray:
-        """torch tensor -> numpy; bfloat16 becomes float32 (exact), per the adapter protocol."""
+    def to_numpy(self, t) -> np.ndarray:
+        """torch tensor -> numpy; bfloat16 becomes float32 (exact), per the adapter protocol.
+        NumPy (what an exported graph's runtime returns) passes through."""
+        if isinstance(t, np.ndarray):
+            return t
         t = t.detach().cpu()
         if str(t.dtype) == "torch.bfloat16":
             t = t.float()
-        return t.numpy().copy()
+        return t.numpy()

@@ -114,29 +114,26 @@ class CaffeDeployOpenCV(Adapter):
             return "a Caffe input_shape needs dimensions >= 1 (no empty batch)"
         return None
 
-    def run(self, case, arrays):
+    def build(self, cell):
         import cv2
 
-        L = case.layer
-        s = np.float32(SCALE_FACTOR)
-        rm = np.asarray(arrays.init["running_mean"], np.float32)
-        rv = np.asarray(arrays.init["running_var"], np.float32)
+        L, s = cell.case.layer, np.float32(SCALE_FACTOR)
+        rm = np.asarray(cell.arrays.init["running_mean"], np.float32)
+        rv = np.asarray(cell.arrays.init["running_var"], np.float32)
         layers = [("bn", "BatchNorm", [rm * s, rv * s, np.array([s], np.float32)])]
         if L.affine:
-            layers.append(("scale", "Scale", [np.asarray(arrays.init["weight"], np.float32),
-                                              np.asarray(arrays.init["bias"], np.float32)]))
-        obs = {}
-        with tempfile.TemporaryDirectory(prefix="bnconform-caffe-") as tmp:
+            layers.append(("scale", "Scale", [np.asarray(cell.arrays.init["weight"], np.float32),
+                                              np.asarray(cell.arrays.init["bias"], np.float32)]))
+        with tempfile.TemporaryDirectory(prefix="bnconform-caffe-") as tmp:  # OpenCV parses both files at import
             proto, model = os.path.join(tmp, "deploy.prototxt"), os.path.join(tmp, "bn.caffemodel")
             with open(proto, "w", encoding="utf-8") as f:
-                f.write(prototxt(tuple(case.input.shape), L.eps, L.affine))
+                f.write(prototxt(tuple(cell.case.input.shape), L.eps, L.affine))
             with open(model, "wb") as f:
                 f.write(caffemodel(layers))
-            net = cv2.dnn.readNetFromCaffe(proto, model)
-            net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-            net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
-            for i, step in enumerate(case.steps):
-                if isinstance(step, Forward):
-                    net.setInput(np.ascontiguousarray(arrays.batches[step.batch], np.float32))
-                    obs[(i, "output")] = np.asarray(net.forward()).reshape(case.input.shape).copy()
-        return obs
+            cell.net = cv2.dnn.readNetFromCaffe(proto, model)
+        cell.net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+        cell.net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+
+    def forward(self, cell, x, mode):  # mode is eval (capabilities)
+        cell.net.setInput(np.ascontiguousarray(x, np.float32))
+        return np.asarray(cell.net.forward()).reshape(cell.case.input.shape)

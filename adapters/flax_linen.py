@@ -35,10 +35,10 @@ not depend on the order cases run in; float32 arrays stay float32).
 
 from __future__ import annotations
 
-import numpy as np
 
 from bnconform.adapter import Adapter
-from bnconform.catalogue import OBSERVABLES, Backward, Case, Forward, SgdStep
+from bnconform.catalogue import OBSERVABLES, Case
+from bnconform.drive import updates_running_stats, uses_batch_stats
 
 _PARAM = {"weight": "scale", "bias": "bias"}
 
@@ -56,12 +56,13 @@ class FlaxBatchNormAdapter(Adapter):
             return f"{api} takes a fixed float momentum (decay): no cumulative average (momentum=None)"
         return None
 
-    @staticmethod
-    def numpy(a) -> np.ndarray:
-        a = np.asarray(a)
-        if a.dtype.name == "bfloat16":
-            a = a.astype(np.float32)
-        return a.copy()
+    def scope(self, case):
+        import jax
+
+        # float64 cases need x64; enabled for every case so that results do not
+        # depend on the order cases run in (float32 arrays stay float32).
+        jax.config.update("jax_enable_x64", True)
+        return super().scope(case)
 
 
 class FlaxLinenBatchNorm(FlaxBatchNormAdapter):
@@ -78,53 +79,49 @@ class FlaxLinenBatchNorm(FlaxBatchNormAdapter):
             epsilon=L.eps, use_scale=L.affine, use_bias=L.affine, use_fast_variance=self.use_fast_variance,
             dtype=getattr(jnp, case.input.dtype) if half else None, param_dtype=getattr(jnp, arrays.param_dtype))
 
-    def run(self, case, arrays):
-        import jax
-
-        jax.config.update("jax_enable_x64", True)
+    def build(self, cell):
         import jax.numpy as jnp
+
+        L, pdt, init = cell.case.layer, cell.param_dtype, cell.arrays.init
+        cell.bn = self.module(cell.case, cell.arrays)
+        cell.params = {_PARAM[n]: jnp.asarray(init[n], dtype=pdt) for n in ("weight", "bias")} if L.affine else {}
+        cell.stats = {"mean": jnp.asarray(init["running_mean"], dtype=pdt),
+                      "var": jnp.asarray(init["running_var"], dtype=pdt)}
+        cell.labels = {_PARAM[n]: ("frozen" if n in cell.frozen else "train") for n in ("weight", "bias")} \
+            if L.affine else {}
+
+    def forward(self, cell, x, mode):
+        import jax
+        import jax.numpy as jnp
+
+        bn, stats, use_ra = cell.bn, cell.stats, not uses_batch_stats(cell.case, mode)
+
+        def f(p, x):
+            y, upd = bn.apply({"params": p, "batch_stats": stats}, x, use_running_average=use_ra,
+                              mutable=["batch_stats"])
+            return y, upd["batch_stats"]
+
+        y, cell.vjp, new_stats = jax.vjp(f, cell.params, jnp.asarray(x, dtype=cell.dtype), has_aux=True)
+        if updates_running_stats(cell.case, mode):
+            cell.stats = new_stats
+        return y
+
+    def backward(self, cell, grad_output, retain):
+        import jax.numpy as jnp
+
+        cell.grads, gx = cell.vjp(jnp.asarray(grad_output, dtype=cell.dtype))
+        return gx, {n: cell.grads[_PARAM[n]] for n in cell.trainable}
+
+    def sgd_step(self, cell, lr):
         import optax
 
-        L, dt, pdt = case.layer, case.input.dtype, arrays.param_dtype
-        bn = self.module(case, arrays)
-        params = {_PARAM[n]: jnp.asarray(arrays.init[n], dtype=pdt) for n in ("weight", "bias")} if L.affine else {}
-        stats = {"mean": jnp.asarray(arrays.init["running_mean"], dtype=pdt),
-                 "var": jnp.asarray(arrays.init["running_var"], dtype=pdt)}
-        labels = {_PARAM[n]: ("frozen" if self.frozen(case, n) else "train") for n in ("weight", "bias")} \
-            if L.affine else {}
-        obs, vjp_fn, grads = {}, None, None
-        for i, step in enumerate(case.steps):
-            if isinstance(step, Forward):
-                use_ra = step.mode != "train" and L.track_running_stats
+        tx = optax.multi_transform({"train": optax.sgd(lr), "frozen": optax.set_to_zero()}, cell.labels)
+        updates, _ = tx.update(cell.grads, tx.init(cell.params), cell.params)
+        cell.params = optax.apply_updates(cell.params, updates)
 
-                def f(p, x, stats=stats, use_ra=use_ra):
-                    y, upd = bn.apply({"params": p, "batch_stats": stats}, x,
-                                      use_running_average=use_ra, mutable=["batch_stats"])
-                    return y, upd["batch_stats"]
-
-                x = jnp.asarray(arrays.batches[step.batch], dtype=dt)
-                y, vjp_fn, new_stats = jax.vjp(f, params, x, has_aux=True)
-                if step.mode == "train" and L.track_running_stats:
-                    stats = new_stats
-                obs[(i, "output")] = self.numpy(y)
-            elif isinstance(step, Backward):
-                g = jnp.asarray(arrays.grad_outputs[i], dtype=dt)
-                grads, gx = vjp_fn(g)
-                obs[(i, "grad_input")] = self.numpy(gx)
-                for n in ("weight", "bias"):
-                    if L.affine and not self.frozen(case, n):
-                        obs[(i, f"grad_{n}")] = self.numpy(grads[_PARAM[n]])
-            elif isinstance(step, SgdStep) and L.affine:
-                tx = optax.multi_transform({"train": optax.sgd(step.lr), "frozen": optax.set_to_zero()}, labels)
-                updates, _ = tx.update(grads, tx.init(params), params)
-                params = optax.apply_updates(params, updates)
-            if L.track_running_stats:
-                obs[(i, "running_mean")] = self.numpy(stats["mean"])
-                obs[(i, "running_var")] = self.numpy(stats["var"])
-            if L.affine:
-                obs[(i, "weight")] = self.numpy(params["scale"])
-                obs[(i, "bias")] = self.numpy(params["bias"])
-        return obs
+    def state(self, cell):
+        params = {"weight": cell.params["scale"], "bias": cell.params["bias"]} if cell.params else {}
+        return {"running_mean": cell.stats["mean"], "running_var": cell.stats["var"], **params}
 
 
 class FlaxLinenBatchNormStableVariance(FlaxLinenBatchNorm):

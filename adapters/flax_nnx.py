@@ -47,7 +47,8 @@ every case, as in the linen adapter).
 
 from __future__ import annotations
 
-from bnconform.catalogue import Backward, Case, Forward, SgdStep
+from bnconform.catalogue import Case
+from bnconform.drive import uses_batch_stats
 
 from .flax_linen import FlaxBatchNormAdapter
 
@@ -76,55 +77,41 @@ class FlaxNNXBatchNorm(FlaxBatchNormAdapter):
             bn.bias.set_value(jnp.asarray(arrays.init["bias"], dtype=pdt))
         return bn
 
-    def forward(self, bn, x):
+    def call(self, bn, x):
         """``(y, vjp_fn)``: the layer call under ``nnx.vjp`` (updates ``bn``'s BatchStats)."""
         from flax import nnx
 
         return nnx.vjp(lambda m, x: m(x), bn, x, graph=False)
 
-    def sgd(self, bn, grads, lr, wrt):
+    def build(self, cell):
+        from flax import nnx
+
+        cell.bn = self.module(cell.case, cell.arrays)
+        cell.wrt = nnx.All(nnx.Param, *(nnx.Not(nnx.PathContains(_PARAM[n])) for n in cell.frozen))
+
+    def forward(self, cell, x, mode):
+        import jax.numpy as jnp
+
+        cell.bn.train() if uses_batch_stats(cell.case, mode) else cell.bn.eval()
+        y, cell.vjp = self.call(cell.bn, jnp.asarray(x, dtype=cell.dtype))
+        return y
+
+    def backward(self, cell, grad_output, retain):
+        import jax.numpy as jnp
+
+        cell.grads, gx = cell.vjp(jnp.asarray(grad_output, dtype=cell.dtype))
+        return gx, {n: getattr(cell.grads, _PARAM[n])[...] for n in cell.trainable}
+
+    def sgd_step(self, cell, lr):
         import optax
         from flax import nnx
 
-        nnx.Optimizer(bn, optax.sgd(lr), wrt=wrt).update(bn, grads)
+        nnx.Optimizer(cell.bn, optax.sgd(lr), wrt=cell.wrt).update(cell.bn, cell.grads)
 
-    def run(self, case, arrays):
-        import jax
-
-        jax.config.update("jax_enable_x64", True)
-        import jax.numpy as jnp
-        from flax import nnx
-
-        L, dt = case.layer, case.input.dtype
-        bn = self.module(case, arrays)
-        frozen = [_PARAM[n] for n in ("weight", "bias") if self.frozen(case, n)]
-        wrt = nnx.All(nnx.Param, *(nnx.Not(nnx.PathContains(p)) for p in frozen))
-        obs, vjp_fn, grads = {}, None, None
-        for i, step in enumerate(case.steps):
-            if isinstance(step, Forward):
-                if step.mode == "train" or not L.track_running_stats:
-                    bn.train()
-                else:
-                    bn.eval()
-                x = jnp.asarray(arrays.batches[step.batch], dtype=dt)
-                y, vjp_fn = self.forward(bn, x)
-                obs[(i, "output")] = self.numpy(y)
-            elif isinstance(step, Backward):
-                g = jnp.asarray(arrays.grad_outputs[i], dtype=dt)
-                grads, gx = vjp_fn(g)
-                obs[(i, "grad_input")] = self.numpy(gx)
-                for n in ("weight", "bias"):
-                    if L.affine and not self.frozen(case, n):
-                        obs[(i, f"grad_{n}")] = self.numpy(getattr(grads, _PARAM[n])[...])
-            elif isinstance(step, SgdStep) and L.affine:
-                self.sgd(bn, grads, step.lr, wrt)
-            if L.track_running_stats:
-                obs[(i, "running_mean")] = self.numpy(bn.mean[...])
-                obs[(i, "running_var")] = self.numpy(bn.var[...])
-            if L.affine:
-                obs[(i, "weight")] = self.numpy(bn.scale[...])
-                obs[(i, "bias")] = self.numpy(bn.bias[...])
-        return obs
+    def state(self, cell):
+        bn = cell.bn
+        params = {"weight": bn.scale[...], "bias": bn.bias[...]} if cell.case.layer.affine else {}
+        return {"running_mean": bn.mean[...], "running_var": bn.var[...], **params}
 
 
 class FlaxNNXBatchNormStableVariance(FlaxNNXBatchNorm):

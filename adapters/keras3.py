@@ -42,21 +42,20 @@ import sys
 
 import numpy as np
 
-from bnconform.adapter import Adapter
-from bnconform.catalogue import OBSERVABLES, Backward, Case, Forward, SgdStep
+from bnconform.catalogue import OBSERVABLES, Case
+
+from ._keras import KerasLayer
+from ._tf import TFTape
 
 _POLICY = {"float64": "float64", "float32": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
 
-def _steps_with(case: Case, kind) -> bool:
-    return any(isinstance(s, kind) for s in case.steps)
-
-
-class _Keras3(Adapter):
+class _Keras3(KerasLayer):
     """``keras.layers.BatchNormalization`` on ``backend`` (a Keras backend name)."""
 
     framework = "keras"
     backend = ""
+    policy = _POLICY
     observables = frozenset(OBSERVABLES) - {"num_batches_tracked"}
 
     # ------------------------------------------------------------ environment
@@ -89,104 +88,24 @@ class _Keras3(Adapter):
                     "normalises with them; there is no track_running_stats=False (batch statistics at inference)")
         return None
 
-    # ------------------------------------------------------------ backend hooks
-    def to_backend(self, a: np.ndarray, dtype: str):
-        raise NotImplementedError
-
-    def to_numpy(self, t) -> np.ndarray:
-        import keras
-
-        a = keras.ops.convert_to_numpy(t)
-        if str(a.dtype) == "bfloat16":
-            a = a.astype(np.float32)
-        return np.array(a, copy=True)
-
-    def forward(self, layer, x, training: bool, need_grad: bool, params: list):
-        """Run the layer; return ``(y, ctx)`` where ``ctx`` lets :meth:`backward` differentiate."""
-        raise NotImplementedError
-
-    def backward(self, ctx, g, params: list, retain: bool):
-        """Return ``(dx, [d param for params])``."""
-        raise NotImplementedError
-
-    # ------------------------------------------------------------ program
-    @staticmethod
-    def _flags(named: dict, frozen) -> None:
-        """``variable.trainable``: False for the case's frozen parameters, True otherwise."""
-        for name, var in named.items():
-            var.trainable = name not in frozen
-
-    def run(self, case, arrays):
-        import keras
-
-        L, dt = case.layer, case.input.dtype
-        layer = keras.layers.BatchNormalization(
-            axis=case.input.axis, momentum=1.0 - L.momentum, epsilon=L.eps, center=L.affine, scale=L.affine,
-            dtype=_POLICY[dt])
-        layer.build(tuple(case.input.shape))
-        pdt = arrays.param_dtype
-        layer.moving_mean.assign(np.asarray(arrays.init["running_mean"], dtype=pdt))
-        layer.moving_variance.assign(np.asarray(arrays.init["running_var"], dtype=pdt))
-        named = {}
-        if L.affine:
-            named = {"weight": layer.gamma, "bias": layer.beta}
-            for name, var in named.items():
-                var.assign(np.asarray(arrays.init[name], dtype=pdt))
-        learn = [(n, v) for n, v in named.items() if n not in L.frozen]
-        need_grad = _steps_with(case, Backward)
-        obs, ctx, grads = {}, None, []
-        for i, step in enumerate(case.steps):
-            if isinstance(step, Forward):
-                # Layer.trainable's setter also rewrites every weight's
-                # trainable flag (and, on torch, requires_grad): set the
-                # per-variable flags after it, as the case wants them.
-                layer.trainable = step.mode != "train_global_stats"
-                self._flags(named, L.frozen)
-                x = self.to_backend(arrays.batches[step.batch], dt)
-                y, ctx = self.forward(layer, x, step.mode != "eval", need_grad, [v for _, v in learn])
-                layer.trainable = True
-                self._flags(named, L.frozen)
-                obs[(i, "output")] = self.to_numpy(y)
-            elif isinstance(step, Backward):
-                dx, grads = self.backward(ctx, self.to_backend(arrays.grad_outputs[i], dt),
-                                          [v for _, v in learn], case.backward_follows(i))
-                obs[(i, "grad_input")] = self.to_numpy(dx)
-                for (name, _), grad in zip(learn, grads):
-                    obs[(i, f"grad_{name}")] = self.to_numpy(grad)
-            elif isinstance(step, SgdStep) and learn:
-                keras.optimizers.SGD(learning_rate=step.lr).apply(list(grads), [v for _, v in learn])
-            obs[(i, "running_mean")] = self.to_numpy(layer.moving_mean.value)
-            obs[(i, "running_var")] = self.to_numpy(layer.moving_variance.value)
-            for name, var in named.items():
-                obs[(i, name)] = self.to_numpy(var.value)
-        return obs
-
-
-class BatchNormalizationTF(_Keras3):
+class BatchNormalizationTF(_Keras3, TFTape):
     """Keras 3 on TensorFlow: gradients with ``tf.GradientTape`` (persistent,
     so that two backwards of one forward each get fresh gradients)."""
 
     name, backend = "keras.layers.BatchNormalization[tensorflow]", "tensorflow"
 
     def to_backend(self, a, dtype):
-        import tensorflow as tf
+        return self.constant(a, dtype)
 
-        return tf.cast(tf.constant(np.ascontiguousarray(a)), getattr(tf, dtype))
+    def layer_call(self, cell, x, training):
+        """The layer call (hook for compiled execution paths)."""
+        return cell.layer(x, training=training)
 
-    def forward(self, layer, x, training, need_grad, params):
-        import tensorflow as tf
+    def call(self, cell, x, training):
+        return self.record(cell, lambda x: self.layer_call(cell, x, training), x), None
 
-        if not need_grad:
-            return layer(x, training=training), None
-        tape = tf.GradientTape(persistent=True)
-        with tape:
-            tape.watch(x)
-            y = layer(x, training=training)
-        return y, (tape, x, y)
-
-    def backward(self, ctx, g, params, retain):
-        tape, x, y = ctx
-        dx, *dparams = tape.gradient(y, [x] + [p.value for p in params], output_gradients=g)
+    def differentiate(self, cell, ctx, g, retain):
+        dx, *dparams = cell.tape.gradient(cell.y, [cell.x] + [p.value for p in cell.learn], output_gradients=g)
         return dx, dparams
 
 
@@ -197,24 +116,22 @@ class BatchNormalizationJAX(_Keras3):
 
     name, backend = "keras.layers.BatchNormalization[jax]", "jax"
 
-    def run(self, case, arrays):
+    def scope(self, case):
         import jax
 
-        if case.input.dtype != "float64":
-            return super().run(case, arrays)
         # JAX computes in 32 bits unless x64 is enabled (the documented switch,
         # here scoped to the case): float64 layers need it.
-        with jax.enable_x64(True):
-            return super().run(case, arrays)
+        return jax.enable_x64(True) if case.input.dtype == "float64" else super().scope(case)
 
     def to_backend(self, a, dtype):
         import jax.numpy as jnp
 
         return jnp.asarray(np.ascontiguousarray(a), dtype=getattr(jnp, dtype))
 
-    def forward(self, layer, x, training, need_grad, params):
+    def call(self, cell, x, training):
         import jax
 
+        layer = cell.layer
         tvars, ntvars = layer.trainable_variables, layer.non_trainable_variables
 
         def fn(x, tv, ntv):
@@ -227,11 +144,11 @@ class BatchNormalizationJAX(_Keras3):
             var.assign(value)
         return y, (vjp, tvars, ntvars)
 
-    def backward(self, ctx, g, params, retain):
+    def differentiate(self, cell, ctx, g, retain):
         vjp, tvars, ntvars = ctx
         dx, dtv, dntv = vjp(g)
         by_id = {id(v): d for v, d in zip(list(tvars) + list(ntvars), list(dtv) + list(dntv))}
-        return dx, [by_id[id(p)] for p in params]
+        return dx, [by_id[id(p)] for p in cell.learn]
 
 
 class BatchNormalizationTorch(_Keras3):
@@ -253,18 +170,18 @@ class BatchNormalizationTorch(_Keras3):
             t = t.detach().cpu()
             if t.dtype == torch.bfloat16:
                 t = t.float()
-            return t.numpy().copy()
+            return t.numpy()
         return super().to_numpy(t)
 
-    def forward(self, layer, x, training, need_grad, params):
-        if need_grad:
+    def call(self, cell, x, training):
+        if cell.needs_grad:
             x.requires_grad_(True)
-        y = layer(x, training=training)
+        y = cell.layer(x, training=training)
         return y, (x, y)
 
-    def backward(self, ctx, g, params, retain):
+    def differentiate(self, cell, ctx, g, retain):
         import torch
 
         x, y = ctx
-        dx, *dparams = torch.autograd.grad(y, [x] + [p.value for p in params], g, retain_graph=retain)
+        dx, *dparams = torch.autograd.grad(y, [x] + [p.value for p in cell.learn], g, retain_graph=retain)
         return dx, dparams

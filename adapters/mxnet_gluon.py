@@ -39,7 +39,7 @@ Idioms translated:
 
 from __future__ import annotations
 
-from bnconform.catalogue import Backward, Case, Forward, SgdStep
+from bnconform.catalogue import Case, Forward
 
 from .mxnet_ndarray import MXNetAdapter
 
@@ -60,57 +60,46 @@ class GluonBatchNorm(MXNetAdapter):
                     "with batch statistics in one training step and with the running statistics in another")
         return None
 
-    def run(self, case, arrays):
-        mx, L = self.mx, case.layer
-        autograd, nn = mx.autograd, mx.gluon.nn
-        pdt, dt = arrays.param_dtype, case.input.dtype
-        global_stats = any(isinstance(s, Forward) and s.mode == "train_global_stats" for s in case.steps)
-        net = nn.BatchNorm(axis=case.input.axis, momentum=self.momentum(case), epsilon=L.eps,
-                           center=L.affine, scale=L.affine, use_global_stats=global_stats,
-                           in_channels=L.num_features)
+    def build(self, cell):
+        mx, L, pdt = self.mx, cell.case.layer, cell.param_dtype
+        net = cell.net = mx.gluon.nn.BatchNorm(
+            axis=cell.case.input.axis, momentum=self.momentum(cell.case), epsilon=L.eps, center=L.affine,
+            scale=L.affine, use_global_stats="train_global_stats" in cell.modes, in_channels=L.num_features)
         net.initialize(ctx=mx.cpu())
-        net.cast(dt)  # float16 -> parameters stay float32 (_BatchNorm.cast)
-        net.running_mean.set_data(self.nd(arrays.init["running_mean"], pdt))
-        net.running_var.set_data(self.nd(arrays.init["running_var"], pdt))
-        params = {}
-        if L.affine:
-            params = {"weight": net.gamma, "bias": net.beta}
-            for name, p in params.items():
-                p.set_data(self.nd(arrays.init[name], pdt))
-                if name in L.frozen:
-                    p.lr_mult = 0.0
+        net.cast(cell.dtype)  # float16 -> parameters stay float32 (_BatchNorm.cast)
+        net.running_mean.set_data(self.nd(cell.init("running_mean"), pdt))
+        net.running_var.set_data(self.nd(cell.init("running_var"), pdt))
+        cell.params = {"weight": net.gamma, "bias": net.beta} if L.affine else {}
+        for name, p in cell.params.items():
+            p.set_data(self.nd(cell.init(name), pdt))
+            if name in cell.frozen:
+                p.lr_mult = 0.0
         if self.hybridize:
             net.hybridize()
-        trainer = None
-        obs, x, y, train = {}, None, None, False
-        for i, step in enumerate(case.steps):
-            if isinstance(step, Forward):
-                train = self.training(case, step.mode)
-                with self.shape_scope(case.input.shape):
-                    x = self.nd(arrays.batches[step.batch], dt)
-                    x.attach_grad()
-                    with autograd.record(train_mode=train):
-                        y = net(x)
-                    obs[(i, "output")] = self.numpy(y)
-            elif isinstance(step, Backward):
-                y.backward(self.nd(arrays.grad_outputs[i], dt), retain_graph=case.backward_follows(i),
-                           train_mode=train)
-                obs[(i, "grad_input")] = self.numpy(x.grad)
-                for name, p in params.items():
-                    if name not in L.frozen:  # a frozen parameter's gradient is not compared
-                        obs[(i, f"grad_{name}")] = self.numpy(p.grad())
-            elif isinstance(step, SgdStep) and params:
-                if trainer is None:
-                    trainer = mx.gluon.Trainer(net.collect_params(), "sgd",
-                                               {"learning_rate": step.lr, "momentum": 0.0, "wd": 0.0})
-                trainer.set_learning_rate(step.lr)
-                trainer.step(1)
-            if L.track_running_stats:
-                obs[(i, "running_mean")] = self.numpy(net.running_mean.data())
-                obs[(i, "running_var")] = self.numpy(net.running_var.data())
-            for name, p in params.items():
-                obs[(i, name)] = self.numpy(p.data())
-        return obs
+        cell.trainer = None
+
+    def forward(self, cell, x, mode):
+        cell.train = self.training(cell.case, mode)
+        cell.x = self.nd(x, cell.dtype)
+        cell.x.attach_grad()
+        with self.mx.autograd.record(train_mode=cell.train):
+            cell.y = cell.net(cell.x)
+        return cell.y
+
+    def backward(self, cell, grad_output, retain):
+        cell.y.backward(self.nd(grad_output, cell.dtype), retain_graph=retain, train_mode=cell.train)
+        return cell.x.grad, {n: cell.params[n].grad() for n in cell.trainable}
+
+    def sgd_step(self, cell, lr):  # frozen parameters: lr_mult = 0 inside the Trainer (also when all are)
+        if cell.trainer is None:
+            cell.trainer = self.mx.gluon.Trainer(cell.net.collect_params(), "sgd",
+                                                 {"learning_rate": lr, "momentum": 0.0, "wd": 0.0})
+        cell.trainer.set_learning_rate(lr)
+        cell.trainer.step(1)
+
+    def state(self, cell):
+        return {"running_mean": cell.net.running_mean.data(), "running_var": cell.net.running_var.data(),
+                **{name: p.data() for name, p in cell.params.items()}}
 
 
 class GluonBatchNormHybrid(GluonBatchNorm):

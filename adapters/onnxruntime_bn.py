@@ -40,7 +40,8 @@ from __future__ import annotations
 import numpy as np
 
 from bnconform.adapter import Adapter
-from bnconform.catalogue import Backward, Case, Forward, SgdStep
+from bnconform.catalogue import Backward, Case, SgdStep
+from bnconform.drive import uses_batch_stats
 
 OPSET = 15
 _ONNX_DTYPE = {"float64": "DOUBLE", "float32": "FLOAT", "float16": "FLOAT16", "bfloat16": "BFLOAT16"}
@@ -99,36 +100,32 @@ class _OnnxBatchNorm(Adapter):
 
     @staticmethod
     def host(a) -> np.ndarray:
-        """A returned tensor as NumPy; bfloat16 (ml_dtypes) becomes float32 (exact)."""
+        """A returned running statistic as the next step's NumPy input; bfloat16
+        (ml_dtypes) becomes float32 (exact)."""
         a = np.asarray(a)
         if a.dtype.name == "bfloat16":
             a = a.astype(np.float32)
         return a.copy()
 
-    def run(self, case, arrays):
-        L, dt, pdt = case.layer, case.input.dtype, arrays.param_dtype
-        c = L.num_features
-        rm = np.array(arrays.init["running_mean"], dtype=pdt)
-        rv = np.array(arrays.init["running_var"], dtype=pdt)
-        scale = np.array(arrays.init["weight"] if L.affine else np.ones(c), dtype=pdt)
-        bias = np.array(arrays.init["bias"] if L.affine else np.zeros(c), dtype=pdt)
-        sessions: dict[bool, object] = {}
-        obs = {}
-        for i, step in enumerate(case.steps):
-            if isinstance(step, Forward):
-                training = step.mode == "train" or not L.track_running_stats
-                if training not in sessions:
-                    sessions[training] = self.session(self.model(training, case, dt, pdt))
-                feed = {"X": self.feed_x(arrays.batches[step.batch], dt), "scale": scale, "B": bias,
-                        "mean": rm.copy(), "var": rv.copy()}
-                out = self.execute(sessions[training], feed)
-                obs[(i, "output")] = self.host(out[0])
-                if training and L.track_running_stats:  # untracked: running outputs discarded
-                    rm, rv = self.host(out[1]), self.host(out[2])
-            if L.track_running_stats:
-                obs[(i, "running_mean")] = rm.copy()
-                obs[(i, "running_var")] = rv.copy()
-        return obs
+    def build(self, cell):
+        cell.rm, cell.rv = cell.init("running_mean"), cell.init("running_var")
+        cell.scale, cell.bias = cell.init("weight"), cell.init("bias")  # 1 and 0 without affine
+        cell.sessions = {}
+
+    def forward(self, cell, x, mode):
+        case = cell.case
+        training = uses_batch_stats(case, mode)
+        if training not in cell.sessions:
+            cell.sessions[training] = self.session(self.model(training, case, cell.dtype, cell.param_dtype))
+        feed = {"X": self.feed_x(x, cell.dtype), "scale": cell.scale, "B": cell.bias,
+                "mean": cell.rm.copy(), "var": cell.rv.copy()}
+        out = self.execute(cell.sessions[training], feed)
+        if training and case.layer.track_running_stats:  # untracked: running outputs discarded
+            cell.rm, cell.rv = self.host(out[1]), self.host(out[2])
+        return out[0]
+
+    def state(self, cell):
+        return {"running_mean": cell.rm, "running_var": cell.rv}
 
     def execute(self, session, feed):  # pragma: no cover - abstract
         raise NotImplementedError

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from bnconform.adapter import Adapter
-from bnconform.catalogue import OBSERVABLES, Backward, Case, Forward, SgdStep
+from bnconform.catalogue import OBSERVABLES, Case
 
 _FORMATS = {(2, 1): ("BatchNorm1D", "NC"), (3, 1): ("BatchNorm1D", "NCL"), (3, 2): ("BatchNorm1D", "NLC"),
             (4, 1): ("BatchNorm2D", "NCHW"), (4, 3): ("BatchNorm2D", "NHWC"),
@@ -59,22 +59,22 @@ class PaddleBatchNorm(Adapter):
             return "paddle BatchNorm takes a fixed float momentum (decay): no cumulative average (momentum=None)"
         return None
 
-    @staticmethod
-    def numpy(t) -> np.ndarray:
+    def to_numpy(self, t) -> np.ndarray:
         a = t.detach() if hasattr(t, "detach") else t
         if "bfloat16" in str(a.dtype):
             a = a.astype("float32")
-        return np.array(a.numpy(), copy=True)
+        return a.numpy()
 
-    def run(self, case, arrays):
+    def build(self, cell):
         import paddle
 
         paddle.set_device("cpu")
-        L, dt, pdt = case.layer, case.input.dtype, arrays.param_dtype
+        case, pdt = cell.case, cell.param_dtype
+        L = case.layer
         cls, fmt = _FORMATS[(len(case.input.shape), case.input.axis)]
         attrs = {}
         for n, key in (("weight", "weight_attr"), ("bias", "bias_attr")):
-            attrs[key] = False if not L.affine else paddle.ParamAttr(trainable=not self.frozen(case, n))
+            attrs[key] = False if not L.affine else paddle.ParamAttr(trainable=n not in cell.frozen)
         previous = paddle.get_default_dtype()
         paddle.set_default_dtype(pdt)
         try:
@@ -83,35 +83,36 @@ class PaddleBatchNorm(Adapter):
                 data_format=fmt, use_global_stats=None if L.track_running_stats else False, **attrs)
         finally:
             paddle.set_default_dtype(previous)
-        layer._mean.set_value(np.asarray(arrays.init["running_mean"], dtype=pdt))
-        layer._variance.set_value(np.asarray(arrays.init["running_var"], dtype=pdt))
+        layer._mean.set_value(cell.init("running_mean"))
+        layer._variance.set_value(cell.init("running_var"))
         if L.affine:
-            layer.weight.set_value(np.asarray(arrays.init["weight"], dtype=pdt))
-            layer.bias.set_value(np.asarray(arrays.init["bias"], dtype=pdt))
-        trainable = [p for p in layer.parameters() if not p.stop_gradient]
-        obs, x, y = {}, None, None
-        for i, step in enumerate(case.steps):
-            if isinstance(step, Forward):
-                layer.train() if step.mode == "train" else layer.eval()
-                x = paddle.to_tensor(np.ascontiguousarray(arrays.batches[step.batch]), dtype=dt, stop_gradient=False)
-                y = layer(x)
-                obs[(i, "output")] = self.numpy(y)
-            elif isinstance(step, Backward):
-                x.clear_gradient()
-                layer.clear_gradients()
-                g = paddle.to_tensor(np.ascontiguousarray(arrays.grad_outputs[i]), dtype=dt)
-                paddle.autograd.backward([y], [g], retain_graph=case.backward_follows(i))
-                obs[(i, "grad_input")] = self.numpy(x.grad)
-                for n in ("weight", "bias"):
-                    p = getattr(layer, n, None)
-                    if L.affine and p is not None and p.grad is not None and not self.frozen(case, n):
-                        obs[(i, f"grad_{n}")] = self.numpy(p.grad)
-            elif isinstance(step, SgdStep) and trainable:
-                paddle.optimizer.SGD(learning_rate=step.lr, parameters=trainable).step()
-            if L.track_running_stats:
-                obs[(i, "running_mean")] = self.numpy(layer._mean)
-                obs[(i, "running_var")] = self.numpy(layer._variance)
-            if L.affine:
-                obs[(i, "weight")] = self.numpy(layer.weight)
-                obs[(i, "bias")] = self.numpy(layer.bias)
-        return obs
+            layer.weight.set_value(cell.init("weight"))
+            layer.bias.set_value(cell.init("bias"))
+        cell.layer, cell.optimized = layer, [p for p in layer.parameters() if not p.stop_gradient]
+
+    def forward(self, cell, x, mode):
+        import paddle
+
+        cell.layer.train() if mode == "train" else cell.layer.eval()
+        cell.x = paddle.to_tensor(np.ascontiguousarray(x), dtype=cell.dtype, stop_gradient=False)
+        cell.y = cell.layer(cell.x)
+        return cell.y
+
+    def backward(self, cell, grad_output, retain):
+        import paddle
+
+        cell.x.clear_gradient()
+        cell.layer.clear_gradients()
+        g = paddle.to_tensor(np.ascontiguousarray(grad_output), dtype=cell.dtype)
+        paddle.autograd.backward([cell.y], [g], retain_graph=retain)
+        return cell.x.grad, {n: getattr(cell.layer, n).grad for n in cell.trainable}
+
+    def sgd_step(self, cell, lr):
+        import paddle
+
+        if cell.optimized:
+            paddle.optimizer.SGD(learning_rate=lr, parameters=cell.optimized).step()
+
+    def state(self, cell):
+        return {"running_mean": cell.layer._mean, "running_var": cell.layer._variance,
+                **({"weight": cell.layer.weight, "bias": cell.layer.bias} if cell.case.layer.affine else {})}

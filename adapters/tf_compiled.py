@@ -40,32 +40,22 @@ from .keras3 import BatchNormalizationTF
 from .tf_nn import MomentsBatchNormalization
 
 
-class _CompiledCall:
-    """Stands in for the layer in the eager adapter's ``forward``: calls the
-    ``tf.function`` traced for this (layer, training, trainable)."""
-
-    def __init__(self, fn):
-        self._fn = fn
-
-    def __call__(self, x, training=None):
-        return self._fn(x)
-
-
 class _KerasTFFunction(BatchNormalizationTF):
     jit_compile: bool = False
 
-    def run(self, case, arrays):
-        self._fns = {}
-        return super().run(case, arrays)
+    def build(self, cell):
+        super().build(cell)
+        cell.fns = {}
 
-    def forward(self, layer, x, training, need_grad, params):
+    def layer_call(self, cell, x, training):
+        """The ``tf.function`` traced for this (training, trainable) configuration of the cell's layer."""
         import tensorflow as tf
 
-        key = (id(layer), bool(training), bool(layer.trainable))
-        fn = self._fns.get(key)
+        layer, key = cell.layer, (bool(training), bool(cell.layer.trainable))
+        fn = cell.fns.get(key)
         if fn is None:
-            fn = self._fns[key] = tf.function(lambda x: layer(x, training=training), jit_compile=self.jit_compile)
-        return super().forward(_CompiledCall(fn), x, training, need_grad, params)
+            fn = cell.fns[key] = tf.function(lambda x: layer(x, training=training), jit_compile=self.jit_compile)
+        return fn(x)
 
 
 class BatchNormalizationTFFunction(_KerasTFFunction):
@@ -84,18 +74,14 @@ class BatchNormalizationTFXLA(_KerasTFFunction):
 class _MomentsTFFunction(MomentsBatchNormalization):
     jit_compile: bool = False
 
-    def run(self, case, arrays):
-        self._fns = {}
-        return super().run(case, arrays)
-
-    def normalize(self, x, state, training, case):
+    def normalize(self, cell, x, training):
         import tensorflow as tf
 
-        fn = self._fns.get(bool(training))
+        fn = cell.fns.get(bool(training))
         if fn is None:
             eager = MomentsBatchNormalization.normalize
-            fn = self._fns[bool(training)] = tf.function(
-                lambda x: eager(self, x, state, training, case), jit_compile=self.jit_compile)
+            fn = cell.fns[bool(training)] = tf.function(
+                lambda x: eager(self, cell, x, training), jit_compile=self.jit_compile)
         return fn(x)
 
 
@@ -119,6 +105,6 @@ class BatchNormalizationTFSynchronized(BatchNormalizationTF):
 
     name = "keras.layers.BatchNormalization[tensorflow, synchronized=True]"
 
-    def forward(self, layer, x, training, need_grad, params):
-        layer.synchronized = True
-        return super().forward(layer, x, training, need_grad, params)
+    def build(self, cell):
+        super().build(cell)
+        cell.layer.synchronized = True

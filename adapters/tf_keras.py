@@ -27,15 +27,16 @@ of one forward); ``sgd_step`` -> ``tf_keras.optimizers.SGD(lr).apply_gradients``
 
 from __future__ import annotations
 
-import numpy as np
 
 from bnconform.adapter import Adapter
-from bnconform.catalogue import OBSERVABLES, Backward, Case, Forward, SgdStep
+from bnconform.catalogue import OBSERVABLES, Case
+
+from ._tf import TFTape
 
 _POLICY = {"float64": "float64", "float32": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
 
-class _TFKeras(Adapter):
+class _TFKeras(TFTape, Adapter):
     framework = "tf_keras"
     fused: bool | None = None
     observables = frozenset(OBSERVABLES) - {"num_batches_tracked"}
@@ -50,53 +51,40 @@ class _TFKeras(Adapter):
                     "normalises with them; there is no track_running_stats=False")
         return None
 
-    def run(self, case, arrays):
-        import tensorflow as tf
+    def build(self, cell):
         import tf_keras
 
-        L, dt, pdt = case.layer, case.input.dtype, arrays.param_dtype
+        case, L, dt = cell.case, cell.case.layer, cell.dtype
         policy = _POLICY[dt] if dt in ("float32", "float64") else tf_keras.mixed_precision.Policy(_POLICY[dt])
-        layer = tf_keras.layers.BatchNormalization(
+        layer = cell.layer = tf_keras.layers.BatchNormalization(
             axis=case.input.axis, momentum=1.0 - L.momentum, epsilon=L.eps, center=L.affine, scale=L.affine,
             fused=self.fused, dtype=policy)
         layer.build(tuple(case.input.shape))
-        layer.moving_mean.assign(np.asarray(arrays.init["running_mean"], dtype=pdt))
-        layer.moving_variance.assign(np.asarray(arrays.init["running_var"], dtype=pdt))
-        named = {}
-        if L.affine:
-            named = {"weight": layer.gamma, "bias": layer.beta}
-            for name, var in named.items():
-                var.assign(np.asarray(arrays.init[name], dtype=pdt))
-        learn = [(n, v) for n, v in named.items() if n not in L.frozen]
-        need_grad = any(isinstance(s, Backward) for s in case.steps)
-        obs, tape, x, y, grads = {}, None, None, None, []
-        numpy = lambda t: np.array(tf.cast(t, tf.float32) if t.dtype == tf.bfloat16 else t, copy=True)  # noqa: E731
-        for i, step in enumerate(case.steps):
-            if isinstance(step, Forward):
-                layer.trainable = step.mode != "train_global_stats"
-                x = tf.cast(tf.constant(np.ascontiguousarray(arrays.batches[step.batch])), getattr(tf, dt))
-                tape = tf.GradientTape(persistent=True) if need_grad else None
-                if tape is not None:
-                    with tape:
-                        tape.watch(x)
-                        y = layer(x, training=step.mode != "eval")
-                else:
-                    y = layer(x, training=step.mode != "eval")
-                layer.trainable = True
-                obs[(i, "output")] = numpy(y)
-            elif isinstance(step, Backward):
-                g = tf.cast(tf.constant(np.ascontiguousarray(arrays.grad_outputs[i])), getattr(tf, dt))
-                dx, *grads = tape.gradient(y, [x] + [v for _, v in learn], output_gradients=g)
-                obs[(i, "grad_input")] = numpy(dx)
-                for (name, _), grad in zip(learn, grads):
-                    obs[(i, f"grad_{name}")] = numpy(grad)
-            elif isinstance(step, SgdStep) and learn:
-                tf_keras.optimizers.SGD(learning_rate=step.lr).apply_gradients(zip(grads, [v for _, v in learn]))
-            obs[(i, "running_mean")] = numpy(layer.moving_mean)
-            obs[(i, "running_var")] = numpy(layer.moving_variance)
-            for name, var in named.items():
-                obs[(i, name)] = numpy(var)
-        return obs
+        layer.moving_mean.assign(cell.init("running_mean"))
+        layer.moving_variance.assign(cell.init("running_var"))
+        cell.named = {"weight": layer.gamma, "bias": layer.beta} if L.affine else {}
+        for name, var in cell.named.items():
+            var.assign(cell.init(name))
+
+    def forward(self, cell, x, mode):
+        cell.layer.trainable = mode != "train_global_stats"
+        y = self.record(cell, lambda x: cell.layer(x, training=mode != "eval"), self.constant(x, cell.dtype))
+        cell.layer.trainable = True
+        return y
+
+    def backward(self, cell, grad_output, retain):
+        dx, grads = self.tape_gradient(cell, grad_output, [cell.named[n] for n in cell.trainable])
+        return dx, dict(zip(cell.trainable, grads))
+
+    def sgd_step(self, cell, lr):
+        import tf_keras
+
+        if cell.trainable:
+            learn = [cell.named[n] for n in cell.trainable]
+            tf_keras.optimizers.SGD(learning_rate=lr).apply_gradients(zip(cell.grads, learn))
+
+    def state(self, cell):
+        return {"running_mean": cell.layer.moving_mean, "running_var": cell.layer.moving_variance, **cell.named}
 
 
 class BatchNormalizationFused(_TFKeras):

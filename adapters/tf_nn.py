@@ -32,13 +32,15 @@ SGD update; ``sgd_step`` -> ``variable.assign_sub(lr * grad)``.
 
 from __future__ import annotations
 
-import numpy as np
 
 from bnconform.adapter import Adapter
-from bnconform.catalogue import OBSERVABLES, Backward, Case, Forward, SgdStep
+from bnconform.catalogue import OBSERVABLES, Case
+from bnconform.drive import uses_batch_stats
+
+from ._tf import TFTape
 
 
-class _TFFunctional(Adapter):
+class _TFFunctional(TFTape, Adapter):
     framework = "tensorflow"
     observables = frozenset(OBSERVABLES) - {"num_batches_tracked"}
 
@@ -54,61 +56,43 @@ class _TFFunctional(Adapter):
                     "(PyTorch's momentum=None) and no batch counter in TensorFlow's batch-norm functions")
         return None
 
-    def numpy(self, t) -> np.ndarray:
-        tf = self.tf
-        if t.dtype == tf.bfloat16:
-            t = tf.cast(t, tf.float32)
-        return np.array(t, copy=True)
-
-    def normalize(self, x, state, training: bool, case: Case):
-        """Return ``y`` (running statistics updated in ``state`` when ``training``)."""
+    def normalize(self, cell, x, training: bool):
+        """Return ``y`` (running statistics updated in ``cell.vars`` when ``training``)."""
         raise NotImplementedError
 
-    def run(self, case, arrays):
-        tf, L, dt, pdt = self.tf, case.layer, case.input.dtype, arrays.param_dtype
-        state = {}
+    def build(self, cell):
+        tf, L = self.tf, cell.case.layer
+        cell.vars, cell.fns = {}, {}
         if L.track_running_stats:
-            state["running_mean"] = tf.Variable(np.asarray(arrays.init["running_mean"], dtype=pdt), trainable=False)
-            state["running_var"] = tf.Variable(np.asarray(arrays.init["running_var"], dtype=pdt), trainable=False)
-        params = {}
+            for n in ("running_mean", "running_var"):
+                cell.vars[n] = tf.Variable(cell.init(n), trainable=False)
         if L.affine:
-            params = {n: tf.Variable(np.asarray(arrays.init[n], dtype=pdt)) for n in ("weight", "bias")}
-        state.update(params)
-        learn = [(n, v) for n, v in params.items() if n not in L.frozen]
-        need_grad = any(isinstance(s, Backward) for s in case.steps)
-        obs, tape, x, y, grads = {}, None, None, None, []
-        for i, step in enumerate(case.steps):
-            if isinstance(step, Forward):
-                x = tf.cast(tf.constant(np.ascontiguousarray(arrays.batches[step.batch])), getattr(tf, dt))
-                training = step.mode == "train" or not L.track_running_stats
-                tape = tf.GradientTape(persistent=True) if need_grad else None
-                if tape is not None:
-                    with tape:
-                        tape.watch(x)
-                        y = self.normalize(x, state, training, case)
-                else:
-                    y = self.normalize(x, state, training, case)
-                obs[(i, "output")] = self.numpy(y)
-            elif isinstance(step, Backward):
-                g = tf.cast(tf.constant(np.ascontiguousarray(arrays.grad_outputs[i])), getattr(tf, dt))
-                dx, *grads = tape.gradient(y, [x] + [v for _, v in learn], output_gradients=g)
-                obs[(i, "grad_input")] = self.numpy(dx)
-                for (name, _), grad in zip(learn, grads):
-                    obs[(i, f"grad_{name}")] = self.numpy(grad)
-            elif isinstance(step, SgdStep):
-                for (_, var), grad in zip(learn, grads):
-                    var.assign_sub(step.lr * grad)
-            for name, var in state.items():
-                obs[(i, name)] = self.numpy(var)
-        return obs
+            cell.vars.update({n: tf.Variable(cell.init(n)) for n in ("weight", "bias")})
+
+    def forward(self, cell, x, mode):
+        training = uses_batch_stats(cell.case, mode)
+        return self.record(cell, lambda x: self.normalize(cell, x, training), self.constant(x, cell.dtype))
+
+    def backward(self, cell, grad_output, retain):
+        dx, grads = self.tape_gradient(cell, grad_output, [cell.vars[n] for n in cell.trainable])
+        return dx, dict(zip(cell.trainable, grads))
+
+    def sgd_step(self, cell, lr):
+        for name, grad in zip(cell.trainable, cell.grads):
+            cell.vars[name].assign_sub(lr * grad)
+
+    def state(self, cell):
+        return cell.vars
 
 
 class MomentsBatchNormalization(_TFFunctional):
     """``tf.nn.moments`` + ``tf.nn.batch_normalization`` + ``assign_sub`` EMA."""
 
     name = "tf.nn.moments+tf.nn.batch_normalization"
-    def normalize(self, x, state, training, case):
-        tf, L, axis = self.tf, case.layer, case.input.axis
+
+    def normalize(self, cell, x, training):
+        tf, case, state = self.tf, cell.case, cell.vars
+        L, axis = case.layer, case.input.axis
         ndim = len(case.input.shape)
         axes = [a for a in range(ndim) if a != axis]
         shape = [1] * ndim
@@ -148,8 +132,9 @@ class FusedBatchNorm(_TFFunctional):
             return "FusedBatchNormV3 has no float64 kernel (x: half, bfloat16, float; statistics: float)"
         return None
 
-    def normalize(self, x, state, training, case):
-        tf, L = self.tf, case.layer
+    def normalize(self, cell, x, training):
+        tf, case, state = self.tf, cell.case, cell.vars
+        L = case.layer
         fmt = self._FORMATS[(len(case.input.shape), case.input.axis)]
         ones = lambda: tf.ones([L.num_features], tf.float32)  # noqa: E731
         scale = state.get("weight", None)

@@ -26,9 +26,9 @@ class _Fresh:
     as PyTorch's own tests do between tests): cells stay independent and the
     recompile limit is never reached across cases."""
 
-    def run(self, case, arrays):
+    def scope(self, case):
         self.torch._dynamo.reset()
-        return super().run(case, arrays)
+        return super().scope(case)
 
 
 class CompiledModule(_Fresh, _TorchModule):
@@ -41,12 +41,14 @@ class CompiledModule(_Fresh, _TorchModule):
     def module_for(self, case: Case) -> str:
         return MODULE_BY_RANK[len(case.input.shape)]
 
-    def call(self, module, x):
-        # One compiled wrapper per layer instance (kept off the module: assigning
-        # it as an attribute would register it as a submodule).
-        if getattr(self, "_layer", None) is not module:  # a new case: a new layer
-            self._layer, self._compiled = module, self.torch.compile(module, fullgraph=self.fullgraph)
-        return self._compiled(x)
+    def build(self, cell):
+        super().build(cell)
+        # One compiled wrapper per layer instance, kept on the cell (assigning it
+        # to the module would register it as a submodule).
+        cell.compiled = self.torch.compile(cell.module, fullgraph=self.fullgraph)
+
+    def call(self, cell, x):
+        return cell.compiled(x)
 
 
 class CompiledModuleFullGraph(CompiledModule):
@@ -61,11 +63,5 @@ class CompiledFunctional(_Fresh, FunctionalBatchNorm):
 
     name = "torch.compile(F.batch_norm)"
 
-    def run(self, case, arrays):
-        self._compiled = None
-        return super().run(case, arrays)
-
     def batch_norm(self, F):
-        if self._compiled is None:
-            self._compiled = self.torch.compile(F.batch_norm)
-        return self._compiled
+        return self.torch.compile(F.batch_norm)

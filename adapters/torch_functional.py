@@ -14,7 +14,8 @@ Idioms translated: ``train`` -> ``training=True``; ``eval`` and
 
 from __future__ import annotations
 
-from bnconform.catalogue import OBSERVABLES, Backward, Case, Forward, SgdStep
+from bnconform.catalogue import OBSERVABLES, Case
+from bnconform.drive import uses_batch_stats
 
 from ._torch import TorchAdapter
 
@@ -24,7 +25,7 @@ class FunctionalBatchNorm(TorchAdapter):
     observables = frozenset(OBSERVABLES) - {"num_batches_tracked"}
 
     def batch_norm(self, F):
-        """The callable under test (hook for compiled execution paths)."""
+        """The callable under test, fetched once per cell (hook for compiled execution paths)."""
         return F.batch_norm
 
     def capabilities(self, case: Case) -> str | None:
@@ -33,40 +34,33 @@ class FunctionalBatchNorm(TorchAdapter):
                     "is implemented by nn.BatchNorm's forward, not by the functional")
         return super().capabilities(case)
 
-    def run(self, case, arrays):
-        torch, L = self.torch, case.layer
-        F = torch.nn.functional
-        pdt = arrays.param_dtype
-        rm = self.tensor(arrays.init["running_mean"], pdt) if L.track_running_stats else None
-        rv = self.tensor(arrays.init["running_var"], pdt) if L.track_running_stats else None
-        params = {}
-        if L.affine:
-            for name in ("weight", "bias"):
-                params[name] = self.tensor(arrays.init[name], pdt).requires_grad_(name not in L.frozen)
-        trainable = [p for p in params.values() if p.requires_grad]
-        obs, x, y = {}, None, None
-        for i, step in enumerate(case.steps):
-            if isinstance(step, Forward):
-                x = self.tensor(arrays.batches[step.batch], case.input.dtype).requires_grad_(True)
-                training = step.mode == "train" or not L.track_running_stats
-                y = self.batch_norm(F)(x, rm, rv, params.get("weight"), params.get("bias"),
-                                 training=training, momentum=L.momentum if L.momentum is not None else 0.1,
-                                 eps=L.eps)
-                obs[(i, "output")] = self.numpy(y)
-            elif isinstance(step, Backward):
-                x.grad = None
-                for p in params.values():
-                    p.grad = None
-                y.backward(self.tensor(arrays.grad_outputs[i], case.input.dtype), retain_graph=case.backward_follows(i))
-                obs[(i, "grad_input")] = self.numpy(x.grad)
-                for name, p in params.items():
-                    if p.grad is not None:
-                        obs[(i, f"grad_{name}")] = self.numpy(p.grad)
-            elif isinstance(step, SgdStep) and trainable:
-                torch.optim.SGD(trainable, lr=step.lr).step()
-            if rm is not None:
-                obs[(i, "running_mean")] = self.numpy(rm)
-                obs[(i, "running_var")] = self.numpy(rv)
-            for name, p in params.items():
-                obs[(i, name)] = self.numpy(p)
-        return obs
+    def build(self, cell):
+        L, pdt = cell.case.layer, cell.param_dtype
+        cell.batch_norm = self.batch_norm(self.torch.nn.functional)
+        cell.running = {n: self.tensor(cell.arrays.init[n], pdt) for n in ("running_mean", "running_var")
+                        if L.track_running_stats}
+        cell.params = {n: self.tensor(cell.arrays.init[n], pdt).requires_grad_(n in cell.trainable)
+                       for n in ("weight", "bias") if L.affine}
+
+    def forward(self, cell, x, mode):
+        L = cell.case.layer
+        cell.x = self.tensor(x, cell.dtype).requires_grad_(True)
+        cell.y = cell.batch_norm(cell.x, cell.running.get("running_mean"), cell.running.get("running_var"),
+                                 cell.params.get("weight"), cell.params.get("bias"),
+                                 training=uses_batch_stats(cell.case, mode),
+                                 momentum=L.momentum if L.momentum is not None else 0.1, eps=L.eps)
+        return cell.y
+
+    def backward(self, cell, grad_output, retain):
+        cell.x.grad = None
+        for p in cell.params.values():
+            p.grad = None
+        cell.y.backward(self.tensor(grad_output, cell.dtype), retain_graph=retain)
+        return cell.x.grad, {n: p.grad for n, p in cell.params.items()}
+
+    def sgd_step(self, cell, lr):
+        if cell.trainable:
+            self.torch.optim.SGD([cell.params[n] for n in cell.trainable], lr=lr).step()
+
+    def state(self, cell):
+        return {**cell.running, **cell.params}

@@ -6,13 +6,13 @@ Idioms translated:
 * ``layer.frozen`` -> ``parameter.requires_grad_(False)`` and the parameter
   left out of ``torch.optim.SGD``.
 * ``sgd_step`` -> ``torch.optim.SGD(params, lr).step()`` (plain SGD).
-* ``backward`` -> ``output.backward(grad_output, retain_graph=case.backward_follows(i))`` after
+* ``backward`` -> ``output.backward(grad_output, retain_graph=retain)`` after
   clearing every ``.grad`` (gradients are not accumulated across steps).
 """
 
 from __future__ import annotations
 
-from bnconform.catalogue import Backward, Case, Forward, SgdStep
+from bnconform.catalogue import Case
 
 from ._torch import TorchAdapter
 
@@ -29,9 +29,9 @@ class _TorchModule(TorchAdapter):
         """The input tensor as the user would pass it (memory format hook)."""
         return x
 
-    def call(self, module, x):
+    def call(self, cell, x):
         """Run the module (hook for compiled execution paths)."""
-        return module(x)
+        return cell.module(x)
 
     def capabilities(self, case: Case) -> str | None:
         reason = super().capabilities(case)
@@ -44,39 +44,31 @@ class _TorchModule(TorchAdapter):
             return f"torch.nn.{self.module_name} takes {shapes} input, the case has rank {rank}"
         return None
 
-    def run(self, case, arrays):
-        torch, L = self.torch, case.layer
-        module = self.build_module(case, arrays, self.module_for(case))
-        for name in L.frozen:
-            getattr(module, name).requires_grad_(False)
-        trainable = [p for p in module.parameters() if p.requires_grad]
-        obs, x, y = {}, None, None
-        for i, step in enumerate(case.steps):
-            if isinstance(step, Forward):
-                module.train(step.mode == "train")
-                x = self.prepare(self.tensor(arrays.batches[step.batch], case.input.dtype)).requires_grad_(True)
-                y = self.call(module, x)
-                obs[(i, "output")] = self.numpy(y)
-            elif isinstance(step, Backward):
-                x.grad = None
-                module.zero_grad(set_to_none=True)
-                y.backward(self.tensor(arrays.grad_outputs[i], case.input.dtype), retain_graph=case.backward_follows(i))
-                obs[(i, "grad_input")] = self.numpy(x.grad)
-                if L.affine:
-                    for name in ("weight", "bias"):
-                        grad = getattr(module, name).grad
-                        if grad is not None:
-                            obs[(i, f"grad_{name}")] = self.numpy(grad)
-            elif isinstance(step, SgdStep) and trainable:
-                torch.optim.SGD(trainable, lr=step.lr).step()
-            if L.track_running_stats:
-                obs[(i, "running_mean")] = self.numpy(module.running_mean)
-                obs[(i, "running_var")] = self.numpy(module.running_var)
-                obs[(i, "num_batches_tracked")] = self.numpy(module.num_batches_tracked)
-            if L.affine:
-                obs[(i, "weight")] = self.numpy(module.weight)
-                obs[(i, "bias")] = self.numpy(module.bias)
-        return obs
+    def build(self, cell):
+        cell.module = self.build_module(cell.case, cell.arrays, self.module_for(cell.case))
+        for name in cell.frozen:
+            getattr(cell.module, name).requires_grad_(False)
+
+    def forward(self, cell, x, mode):
+        cell.module.train(mode == "train")
+        cell.x = self.prepare(self.tensor(x, cell.dtype)).requires_grad_(True)
+        cell.y = self.call(cell, cell.x)
+        return cell.y
+
+    def backward(self, cell, grad_output, retain):
+        cell.x.grad = None
+        cell.module.zero_grad(set_to_none=True)
+        cell.y.backward(self.tensor(grad_output, cell.dtype), retain_graph=retain)
+        return cell.x.grad, {n: getattr(cell.module, n).grad for n in cell.trainable}
+
+    def sgd_step(self, cell, lr):
+        if cell.trainable:
+            self.torch.optim.SGD([getattr(cell.module, n) for n in cell.trainable], lr=lr).step()
+
+    def state(self, cell):
+        m = cell.module
+        names = ("running_mean", "running_var", "num_batches_tracked", "weight", "bias")
+        return {n: v for n in names if (v := getattr(m, n, None)) is not None}
 
 
 class BatchNorm1d(_TorchModule):

@@ -69,20 +69,17 @@ class _OnnxExport(TorchAdapter):
             torch.onnx.export(module, (x,), buf, dynamo=False, training=mode, opset_version=15)
             return buf.getvalue()
 
-    def run(self, case, arrays):
+    def build(self, cell):
+        cell.module = self.build_module(cell.case, cell.arrays, MODULE_BY_RANK[len(cell.case.input.shape)])
+
+    def forward(self, cell, x, mode):
         import onnxruntime as ort
 
-        module = self.build_module(case, arrays, MODULE_BY_RANK[len(case.input.shape)])
-        obs = {}
-        for i, step in enumerate(case.steps):
-            train = step.mode == "train"
-            module.train(train)
-            x = self.tensor(arrays.batches[step.batch], case.input.dtype)
-            model = self.export(module, x, train)
-            session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-            feed = {session.get_inputs()[0].name: arrays.batches[step.batch]}
-            obs[(i, "output")] = session.run(None, feed)[0]
-        return obs
+        train = mode == "train"
+        cell.module.train(train)
+        model = self.export(cell.module, self.tensor(x, cell.dtype), train)
+        session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
 class TorchScriptExport(_OnnxExport):

@@ -1,9 +1,11 @@
 """The adapter protocol: how a framework's BatchNorm is driven through a case.
 
 An adapter TRANSLATES and CALLS; it never compares, never judges, and holds no
-tolerance. It receives the case (framework-neutral semantics) and the arrays
-(identical for every adapter), runs the step program on ONE layer instance,
-and returns observations::
+tolerance. It supplies framework hooks (build the layer, forward in a mode,
+backward with a grad_output, SGD step, read the state: :class:`Adapter`);
+the one step interpreter (:mod:`bnconform.drive`) runs the case's step
+program through them on ONE layer instance, with the case's arrays (identical
+for every adapter), and returns observations::
 
     {(step_index, observable): numpy.ndarray}
 
@@ -37,7 +39,9 @@ Observations = dict[tuple[int, str], np.ndarray]
 
 
 class Adapter:
-    """Base class of every adapter; subclass and fill the class attributes.
+    """Base class of every adapter; subclass, fill the class attributes and
+    implement the hooks (:meth:`build`, :meth:`forward`, :meth:`backward`,
+    :meth:`sgd_step`, :meth:`state`; optionally :meth:`scope`, :meth:`to_numpy`).
 
     ``name``: row label in the report (e.g. ``"torch.nn.BatchNorm2d"``).
     ``framework``: the import name (``"torch"``); ``framework_version()``
@@ -78,14 +82,62 @@ class Adapter:
         """Reason the framework cannot express ``case`` (-> ``unsupported``), or None."""
         return None
 
-    def run(self, case: Case, arrays: CaseArrays) -> Observations:  # pragma: no cover - abstract
-        """Run ``case.steps`` on one fresh layer; return observations (see module doc)."""
-        raise NotImplementedError
+    def run(self, case: Case, arrays: CaseArrays) -> Observations:
+        """Run ``case.steps`` on one fresh layer; return observations (see module doc).
 
-    # Helpers shared by adapters (translation only).
-    @staticmethod
-    def frozen(case: Case, name: str) -> bool:
-        return name in case.layer.frozen
+        Do not override: implement the hooks below, which the one step
+        interpreter (:func:`bnconform.drive.interpret`) calls. An adapter that
+        still overrides ``run`` is called as before (legacy)."""
+        from .drive import interpret
+
+        return interpret(self, case, arrays)
+
+    # Hooks of the step interpreter (bnconform/drive.py owns the step
+    # semantics; ``cell`` is a bnconform.drive.Cell, one per run).
+    def scope(self, case: Case):
+        """Context manager around one cell's build and steps (process-wide
+        framework switches, e.g. ``torch.backends.cudnn.flags``). Default: none."""
+        from .drive import nullscope
+
+        return nullscope(case)
+
+    def build(self, cell) -> None:
+        """Create ONE fresh layer configured from ``cell.case.layer`` with the
+        initial state ``cell.arrays.init`` (see ``cell.init``); keep whatever
+        the other hooks need as attributes of ``cell``."""
+        raise NotImplementedError(f"adapter {self.name!r} implements neither run() nor the build() hook")
+
+    def forward(self, cell, x: np.ndarray, mode: str):
+        """Run the layer on batch ``x`` (NumPy, storage dtype, the case's layout)
+        in ``mode`` (``train`` / ``eval`` / ``train_global_stats``); record what
+        a later :meth:`backward` needs when ``cell.needs_grad``. Return the
+        output (framework value, input dtype)."""
+        raise NotImplementedError(f"adapter {self.name!r} has no forward() hook")
+
+    def backward(self, cell, grad_output: np.ndarray, retain: bool):
+        """Back-propagate ``grad_output`` (NumPy, storage dtype) through the latest
+        forward with FRESH gradients; keep the graph when ``retain``. Return
+        ``(grad_input, {"weight": g, "bias": g})`` (at least the parameters in
+        ``cell.trainable``; a ``None`` gradient is reported as missing)."""
+        raise NotImplementedError(f"adapter {self.name!r} has no backward() hook")
+
+    def sgd_step(self, cell, lr: float) -> None:
+        """One plain SGD update ``p -= lr * grad`` of exactly ``cell.trainable``
+        with the latest backward's gradients; called on every ``sgd_step`` of an
+        affine layer, also when all parameters are frozen (``cell.trainable``
+        empty: an optimizer built from the trainable list is then not built)."""
+        raise NotImplementedError(f"adapter {self.name!r} has no sgd_step() hook")
+
+    def state(self, cell) -> dict:
+        """The layer's state now: any of ``running_mean``, ``running_var``,
+        ``num_batches_tracked``, ``weight``, ``bias`` (framework values); the
+        interpreter keeps what the case and ``observables`` make observable."""
+        return {}
+
+    def to_numpy(self, value) -> np.ndarray:
+        """A framework value (tensor, array) as NumPy; bfloat16 may stay
+        ``ml_dtypes.bfloat16`` (the interpreter widens it to float32)."""
+        return np.asarray(value)
 
 
 def load_adapter(target: str) -> Adapter:

@@ -45,6 +45,7 @@ from .adapter import Adapter
 from .arrays import CaseArrays, generate
 from .catalogue import OBSERVABLES, Case
 from .compare import compare, compare_one, expectations_agree
+from .drive import run_program
 from .expect import Entry, VersionUnparseable, for_adapter
 from .oracle import CANONICAL, Expectation, OracleUndefined, Profile, merge_options, simulate
 from .results import ResultRecord, current_env
@@ -159,7 +160,7 @@ def run_cell(case: Case, adapter: Adapter, framework_version: str | None = None,
     try:
         if raising:
             try:
-                adapter.run(case, copy.deepcopy(_arrays(case)))
+                run_program(adapter, case, copy.deepcopy(_arrays(case)))
             except Exception as exc:  # noqa: BLE001
                 text = f"{type(exc).__name__}: {exc}"
                 match = [d for d in raising if re.search(d.raises, text)]
@@ -173,7 +174,7 @@ def run_cell(case: Case, adapter: Adapter, framework_version: str | None = None,
                           divergences=[d.to_dict() for d in raising])
         # A private copy: an adapter that writes into its inputs cannot corrupt
         # the oracle's arrays or the next cell's.
-        observations = adapter.run(case, copy.deepcopy(_arrays(case)))
+        observations = run_program(adapter, case, copy.deepcopy(_arrays(case)))
     except Exception as exc:  # noqa: BLE001 - any framework failure is a verdict
         if undefined:
             text = f"{type(exc).__name__}: {exc}"

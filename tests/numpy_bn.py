@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from bnconform.adapter import Adapter
-from bnconform.catalogue import OBSERVABLES, Backward, Forward, SgdStep
+from bnconform.catalogue import OBSERVABLES
 
 
 class NumpyBatchNorm(Adapter):
@@ -43,99 +43,91 @@ class NumpyBatchNorm(Adapter):
 
     observables = frozenset(OBSERVABLES)
 
-    def run(self, case, arrays):
-        L, axis = case.layer, case.input.axis
-        ndim = len(case.input.shape)
-        axes = tuple(a for a in range(ndim) if a != axis)
-        pdt = np.dtype(arrays.param_dtype)
-        xdt = np.float32 if case.input.dtype == "bfloat16" else np.dtype(case.input.dtype)
+    # Hooks of the step interpreter (bnconform.drive): the layer state lives on the cell.
+    def build(self, cell):
+        case = cell.case
+        cell.pdt = np.dtype(cell.param_dtype)
+        cell.xdt = np.float32 if case.input.dtype == "bfloat16" else np.dtype(case.input.dtype)
+        cell.axes = tuple(a for a in range(len(case.input.shape)) if a != case.input.axis)
+        cell.rm, cell.rv = cell.init("running_mean"), cell.init("running_var")
+        cell.w, cell.b = cell.init("weight"), cell.init("bias")
+        cell.nbt, cell.cache, cell.grads = 0, None, {}
 
-        def cv(v):
-            shape = [1] * ndim
-            shape[axis] = -1
-            return v.reshape(shape)
+    @staticmethod
+    def _cv(cell, v):
+        shape = [1] * len(cell.case.input.shape)
+        shape[cell.case.input.axis] = -1
+        return v.reshape(shape)
 
-        rm = arrays.init["running_mean"].astype(pdt).copy()
-        rv = arrays.init["running_var"].astype(pdt).copy()
-        w = arrays.init["weight"].astype(pdt).copy() if L.affine else np.ones(L.num_features, pdt)
-        b = arrays.init["bias"].astype(pdt).copy() if L.affine else np.zeros(L.num_features, pdt)
-        nbt = 0
-        obs, cache, grads = {}, None, {}
-        for i, step in enumerate(case.steps):
-            if isinstance(step, Forward):
-                x = arrays.batches[step.batch].astype(pdt)
-                n = x.size // x.shape[axis]
-                batch = step.mode == "train" or not L.track_running_stats or self.eval_uses_batch_stats
-                if batch:
-                    with np.errstate(invalid="ignore", divide="ignore"):
-                        mean = x.mean(axis=axes) if n else np.full(x.shape[axis], np.nan, pdt)
-                        if self.variance_algorithm == "two_pass" or not n:
-                            var = ((x - cv(mean)) ** 2).mean(axis=axes) if n else mean
-                        else:  # one pass in the parameter dtype, summed like a SIMD CPU loop
-                            # (8 sequential lanes, then the lanes): an order unlike the oracle's
-                            lanes = lambda v: np.cumsum(  # noqa: E731
-                                np.pad(np.moveaxis(v, axis, 0).reshape(v.shape[axis], -1),
-                                       ((0, 0), (0, -n % 8))).reshape(v.shape[axis], -1, 8),
-                                axis=1, dtype=pdt)[:, -1].sum(axis=1, dtype=pdt)
-                            mean = (lanes(x) / pdt.type(n)).astype(pdt)
-                            var = (lanes(x * x) / pdt.type(n) - mean * mean).astype(pdt)
-                            if self.variance_algorithm == "one_pass_clamped":
-                                var = np.maximum(var, 0).astype(pdt)
-                    if step.mode == "train" and L.track_running_stats and self.update_running_stats:
-                        if self.count_batches:
-                            nbt += 1
-                        if L.momentum is None:
-                            f = 1.0 / max(nbt, 1)
-                        else:
-                            f = (1.0 - L.momentum) if self.momentum_is_decay else L.momentum
-                        if n == 1 and not self.running_var_biased:
-                            raise ValueError("unbiased variance of one value")
-                        if n == 0 and self.empty_batch_update != "skip":
-                            fill = np.nan if self.empty_batch_update == "nan" else 0.0
-                            rm = ((1 - f) * rm + f * fill).astype(pdt)
-                            rv = ((1 - f) * rv + f * fill).astype(pdt)
-                        if n > 0:  # an empty batch has nothing to average in
-                            pop = var if self.running_var_biased else var * (n / (n - 1))
-                            rm = ((1 - f) * rm + f * mean).astype(pdt)
-                            rv = ((1 - f) * rv + f * pop).astype(pdt)
-                    norm_var = var * (n / (n - 1)) if self.normalise_with_unbiased else var
+    def forward(self, cell, x, mode):
+        L, pdt, axis, cv = cell.case.layer, cell.pdt, cell.case.input.axis, lambda v: self._cv(cell, v)
+        x = x.astype(pdt)
+        n = x.size // x.shape[axis]
+        batch = mode == "train" or not L.track_running_stats or self.eval_uses_batch_stats
+        if batch:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = x.mean(axis=cell.axes) if n else np.full(x.shape[axis], np.nan, pdt)
+                if self.variance_algorithm == "two_pass" or not n:
+                    var = ((x - cv(mean)) ** 2).mean(axis=cell.axes) if n else mean
+                else:  # one pass in the parameter dtype, summed like a SIMD CPU loop
+                    # (8 sequential lanes, then the lanes): an order unlike the oracle's
+                    lanes = lambda v: np.cumsum(  # noqa: E731
+                        np.pad(np.moveaxis(v, axis, 0).reshape(v.shape[axis], -1),
+                               ((0, 0), (0, -n % 8))).reshape(v.shape[axis], -1, 8),
+                        axis=1, dtype=pdt)[:, -1].sum(axis=1, dtype=pdt)
+                    mean = (lanes(x) / pdt.type(n)).astype(pdt)
+                    var = (lanes(x * x) / pdt.type(n) - mean * mean).astype(pdt)
+                    if self.variance_algorithm == "one_pass_clamped":
+                        var = np.maximum(var, 0).astype(pdt)
+            if mode == "train" and L.track_running_stats and self.update_running_stats:
+                if self.count_batches:
+                    cell.nbt += 1
+                if L.momentum is None:
+                    f = 1.0 / max(cell.nbt, 1)
                 else:
-                    mean, norm_var = rm, rv
-                with np.errstate(invalid="ignore"):  # a one-pass variance may be negative: NaN, as in a framework
-                    denom = (np.sqrt(norm_var) + L.eps) if self.eps_outside_sqrt else np.sqrt(norm_var + L.eps)
-                x_hat = (x - cv(mean)) / cv(denom)
-                y = x_hat * cv(w) + cv(b)
-                cache = (x_hat, denom, batch or self.global_stats_grad_has_batch_terms)
-                obs[(i, "output")] = y.astype(xdt)
-            elif isinstance(step, Backward):
-                x_hat, denom, used_batch = cache
-                g = arrays.grad_outputs[i].astype(pdt)
-                dxh = g * cv(w)
-                if used_batch:
-                    dx = (dxh - dxh.mean(axis=axes, keepdims=True)
-                          - x_hat * (dxh * x_hat).mean(axis=axes, keepdims=True)) / cv(denom)
-                else:
-                    dx = dxh / cv(denom)
-                grads = {"weight": (g * x_hat).sum(axis=axes).astype(pdt),
-                         "bias": (x_hat if self.grad_bias_sums_output else g).sum(axis=axes).astype(pdt)}
-                obs[(i, "grad_input")] = dx.astype(xdt)
-                if L.affine:
-                    for name, v in grads.items():
-                        if name not in L.frozen:
-                            obs[(i, f"grad_{name}")] = v
-            elif isinstance(step, SgdStep) and L.affine:
-                if "weight" not in L.frozen or self.update_frozen:
-                    w = (w - step.lr * grads["weight"]).astype(pdt)
-                if "bias" not in L.frozen or self.update_frozen:
-                    b = (b - step.lr * grads["bias"]).astype(pdt)
-            if L.track_running_stats:
-                obs[(i, "running_mean")] = rm.copy()
-                obs[(i, "running_var")] = rv.copy()
-                obs[(i, "num_batches_tracked")] = np.asarray(nbt, dtype=np.int64)
-            if L.affine:
-                obs[(i, "weight")] = w.copy()
-                obs[(i, "bias")] = b.copy()
-        return obs
+                    f = (1.0 - L.momentum) if self.momentum_is_decay else L.momentum
+                if n == 1 and not self.running_var_biased:
+                    raise ValueError("unbiased variance of one value")
+                if n == 0 and self.empty_batch_update != "skip":
+                    fill = np.nan if self.empty_batch_update == "nan" else 0.0
+                    cell.rm = ((1 - f) * cell.rm + f * fill).astype(pdt)
+                    cell.rv = ((1 - f) * cell.rv + f * fill).astype(pdt)
+                if n > 0:  # an empty batch has nothing to average in
+                    pop = var if self.running_var_biased else var * (n / (n - 1))
+                    cell.rm = ((1 - f) * cell.rm + f * mean).astype(pdt)
+                    cell.rv = ((1 - f) * cell.rv + f * pop).astype(pdt)
+            norm_var = var * (n / (n - 1)) if self.normalise_with_unbiased else var
+        else:
+            mean, norm_var = cell.rm, cell.rv
+        with np.errstate(invalid="ignore"):  # a one-pass variance may be negative: NaN, as in a framework
+            denom = (np.sqrt(norm_var) + L.eps) if self.eps_outside_sqrt else np.sqrt(norm_var + L.eps)
+        x_hat = (x - cv(mean)) / cv(denom)
+        cell.cache = (x_hat, denom, batch or self.global_stats_grad_has_batch_terms)
+        return (x_hat * cv(cell.w) + cv(cell.b)).astype(cell.xdt)
+
+    def backward(self, cell, grad_output, retain):
+        x_hat, denom, used_batch = cell.cache
+        pdt, axes, cv = cell.pdt, cell.axes, lambda v: self._cv(cell, v)
+        g = grad_output.astype(pdt)
+        dxh = g * cv(cell.w)
+        if used_batch:
+            dx = (dxh - dxh.mean(axis=axes, keepdims=True)
+                  - x_hat * (dxh * x_hat).mean(axis=axes, keepdims=True)) / cv(denom)
+        else:
+            dx = dxh / cv(denom)
+        cell.grads = {"weight": (g * x_hat).sum(axis=axes).astype(pdt),
+                      "bias": (x_hat if self.grad_bias_sums_output else g).sum(axis=axes).astype(pdt)}
+        return dx.astype(cell.xdt), cell.grads
+
+    def sgd_step(self, cell, lr):
+        if "weight" in cell.trainable or self.update_frozen:
+            cell.w = (cell.w - lr * cell.grads["weight"]).astype(cell.pdt)
+        if "bias" in cell.trainable or self.update_frozen:
+            cell.b = (cell.b - lr * cell.grads["bias"]).astype(cell.pdt)
+
+    def state(self, cell):
+        return {"running_mean": cell.rm, "running_var": cell.rv,
+                "num_batches_tracked": np.asarray(cell.nbt, dtype=np.int64), "weight": cell.w, "bias": cell.b}
 
 
 class MutantBiasedRunningVar(NumpyBatchNorm):
@@ -188,7 +180,7 @@ class RaisingAdapter(NumpyBatchNorm):
 
     name = "plugin: raises"
 
-    def run(self, case, arrays):
+    def build(self, cell):
         raise RuntimeError("boom <script>alert(1)</script>")
 
 
@@ -197,9 +189,8 @@ class WrongShapeAdapter(NumpyBatchNorm):
 
     name = "plugin: wrong shape"
 
-    def run(self, case, arrays):
-        obs = super().run(case, arrays)
-        return {k: (v.reshape(-1) if k[1] == "output" else v) for k, v in obs.items()}
+    def forward(self, cell, x, mode):
+        return super().forward(cell, x, mode).reshape(-1)
 
 
 class AbortingAdapter(NumpyBatchNorm):
@@ -207,12 +198,12 @@ class AbortingAdapter(NumpyBatchNorm):
 
     name = "plugin: aborts"
 
-    def run(self, case, arrays):
-        if case.id == "train-1step-m0.5":
+    def build(self, cell):
+        if cell.case.id == "train-1step-m0.5":
             import os
 
             os.abort()
-        return super().run(case, arrays)
+        super().build(cell)
 
 
 class HangingAdapter(NumpyBatchNorm):
@@ -220,12 +211,12 @@ class HangingAdapter(NumpyBatchNorm):
 
     name = "plugin: hangs"
 
-    def run(self, case, arrays):
-        if case.id == "train-1step-m0.5":
+    def build(self, cell):
+        if cell.case.id == "train-1step-m0.5":
             import time
 
             time.sleep(600)
-        return super().run(case, arrays)
+        super().build(cell)
 
 
 class NoDeviceAdapter(NumpyBatchNorm):
