@@ -52,21 +52,34 @@ STATE_OBSERVABLES = ("running_mean", "running_var", "num_batches_tracked", "weig
 OBSERVABLES = ("output", "grad_input", "grad_weight", "grad_bias") + STATE_OBSERVABLES
 
 
-class CatalogueError(ValueError):
-    """A catalogue file or case is malformed.
+class DataFileError(ValueError):
+    """A data file (a catalogue file, an expectations file) or one of its items is malformed.
 
-    ``str()`` reads ``<file>: case '<id>': field '<dotted.path>': <message>``;
-    the parts are also kept as attributes ``file``, ``case_id`` and ``field``.
+    ``str()`` reads ``<file>: <noun> '<id>': field '<dotted.path>': <message>``
+    (``noun`` is the subclass's: ``case``, ``entry``); the parts are also kept
+    as attributes ``file``, ``item_id``, ``field`` and ``message``.
     """
 
-    def __init__(self, file: str, message: str, case_id: str | None = None, field: str | None = None):
-        self.file, self.case_id, self.field, self.message = file, case_id, field, message
+    noun = "item"
+
+    def __init__(self, file: str, message: str, item_id: str | None = None, field: str | None = None):
+        self.file, self.item_id, self.field, self.message = file, item_id, field, message
         where = [file]
-        if case_id is not None:
-            where.append(f"case {case_id!r}")
+        if item_id is not None:
+            where.append(f"{self.noun} {item_id!r}")
         if field:
             where.append(f"field {field!r}")
         super().__init__(": ".join(where + [message]))
+
+
+class CatalogueError(DataFileError):
+    """A catalogue file or case is malformed: ``<file>: case '<id>': field '<dotted.path>': <message>``."""
+
+    noun = "case"
+
+    @property
+    def case_id(self) -> str | None:
+        return self.item_id
 
 
 class _Strict(BaseModel):

@@ -57,28 +57,22 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .catalogue import DTYPES, MODES, OBSERVABLES, SAFE_LOADER, Backward, Case, Forward, SgdStep
+from .catalogue import DTYPES, MODES, OBSERVABLES, SAFE_LOADER, Backward, Case, DataFileError, Forward, SgdStep
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Where the BUILTIN rows' expectations live.
 EXPECTATIONS_DIR = ROOT / "expectations"
 
 
-class ExpectationError(ValueError):
-    """An expectations file or entry is malformed.
+class ExpectationError(DataFileError):
+    """An expectations file or entry is malformed: ``<file>: entry '<id>': field '<dotted.path>': <message>``
+    (attributes ``file``, ``entry_id``, ``field``, ``message``)."""
 
-    ``str()`` reads ``<file>: entry '<id>': field '<dotted.path>': <message>``;
-    the parts are also attributes ``file``, ``entry_id``, ``field``.
-    """
+    noun = "entry"
 
-    def __init__(self, file: str, message: str, entry_id: str | None = None, field: str | None = None):
-        self.file, self.entry_id, self.field, self.message = file, entry_id, field, message
-        where = [file]
-        if entry_id is not None:
-            where.append(f"entry {entry_id!r}")
-        if field:
-            where.append(f"field {field!r}")
-        super().__init__(": ".join(where + [message]))
+    @property
+    def entry_id(self) -> str | None:
+        return self.item_id
 
 
 class VersionUnparseable(ValueError):
