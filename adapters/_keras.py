@@ -18,6 +18,19 @@ import numpy as np
 from bnconform.adapter import Adapter
 
 
+def load_initial_state(cell, layer) -> None:
+    """Build a Keras-style BatchNormalization layer (Keras 3 or tf-keras: the same
+    ``moving_mean`` / ``moving_variance`` / ``gamma`` / ``beta`` variables) for the
+    case's input shape and assign the case's initial state; ``cell.named`` maps
+    ``weight``/``bias`` to gamma/beta (empty when the layer is not affine)."""
+    layer.build(tuple(cell.case.input.shape))
+    layer.moving_mean.assign(cell.init("running_mean"))
+    layer.moving_variance.assign(cell.init("running_var"))
+    cell.named = {"weight": layer.gamma, "bias": layer.beta} if cell.case.layer.affine else {}
+    for name, var in cell.named.items():
+        var.assign(cell.init(name))
+
+
 class KerasLayer(Adapter):
     """``keras.layers.BatchNormalization`` built, called and stepped through the hooks."""
 
@@ -55,12 +68,7 @@ class KerasLayer(Adapter):
         layer = cell.layer = keras.layers.BatchNormalization(
             axis=case.input.axis, momentum=1.0 - L.momentum, epsilon=L.eps, center=L.affine, scale=L.affine,
             dtype=self.policy[case.input.dtype])
-        layer.build(tuple(case.input.shape))
-        layer.moving_mean.assign(cell.init("running_mean"))
-        layer.moving_variance.assign(cell.init("running_var"))
-        cell.named = {"weight": layer.gamma, "bias": layer.beta} if L.affine else {}
-        for name, var in cell.named.items():
-            var.assign(cell.init(name))
+        load_initial_state(cell, layer)
         cell.learn = [cell.named[n] for n in cell.trainable]
 
     def forward(self, cell, x, mode):

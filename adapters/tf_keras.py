@@ -31,6 +31,7 @@ from __future__ import annotations
 from bnconform.adapter import Adapter
 from bnconform.catalogue import OBSERVABLES, Case
 
+from ._keras import load_initial_state
 from ._tf import TFTape
 
 _POLICY = {"float64": "float64", "float32": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
@@ -59,12 +60,7 @@ class _TFKeras(TFTape, Adapter):
         layer = cell.layer = tf_keras.layers.BatchNormalization(
             axis=case.input.axis, momentum=1.0 - L.momentum, epsilon=L.eps, center=L.affine, scale=L.affine,
             fused=self.fused, dtype=policy)
-        layer.build(tuple(case.input.shape))
-        layer.moving_mean.assign(cell.init("running_mean"))
-        layer.moving_variance.assign(cell.init("running_var"))
-        cell.named = {"weight": layer.gamma, "bias": layer.beta} if L.affine else {}
-        for name, var in cell.named.items():
-            var.assign(cell.init(name))
+        load_initial_state(cell, layer)
 
     def forward(self, cell, x, mode):
         cell.layer.trainable = mode != "train_global_stats"
