@@ -80,6 +80,10 @@ def test_1_interrupted_serial_run_fails_the_gate(project):
 
 
 def test_1_sigint_under_xdist_fails_the_gate(project):
+    # A terminal delivers Ctrl-C; a background job (`cmd &` in a script, CI runners) inherits SIGINT
+    # *ignored*, and Python then installs no KeyboardInterrupt handler. Restore the terminal's disposition.
+    project.makeconftest('import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n'
+                         'pytest_plugins = ["bnconform.plugin"]\n')
     run(project, "--adapter", FAKE + "SigintController", "-n", "2")
     code, out = gate(project, "res")
     assert code == 1, out
