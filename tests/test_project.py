@@ -105,3 +105,32 @@ def test_cpu_envs_hide_gpus_and_only_the_cuda_env_sees_them():
         if section.startswith("testenv:") and own is not None:
             inherits = "{[testenv]set_env}" in own
             assert inherits != (section == "testenv:torch-cuda"), section
+
+
+def test_every_registered_group_runs_in_a_gating_env_and_is_documented():
+    """Adding a framework = its adapter module, its expectations file (tests/test_expectations.py) and one
+    BUILTIN registration; this test says what else must follow from that registration: a tox env that runs
+    the group with --framework (in the main and ci labels unless it needs a GPU), the CI workflow matrix
+    (test_github_workflow_is_valid_and_names_real_tox_envs) and the README's environments table."""
+    from adapters import BUILTIN
+
+    cfg = tox()
+    labels = {name.strip(): {e.strip() for e in envs.split(",")}
+              for name, _, envs in (ln.partition("=") for ln in cfg["tox"]["labels"].strip().splitlines())}
+    runs: dict[str, set[str]] = {}
+    for section in cfg.sections():
+        cmd = cfg[section].get("commands", "")
+        for group in re.findall(r"--framework (\S+)", cmd):
+            runs.setdefault(group, set()).add(section.split(":", 1)[1])
+    readme = (ROOT / "README.md").read_text()
+    table = [ln for ln in readme.splitlines() if ln.startswith("| `")]
+    for name, (_, group) in BUILTIN.items():
+        envs = runs.get(group)
+        assert envs, f"{name}: no tox env runs --framework {group}"
+        if group != "torch.cuda":  # GPU machines only; its shard is committed
+            assert envs & labels["main"] and envs & labels["ci"], f"{group}: env {envs} not in the main/ci labels"
+        for env in envs:
+            assert any(ln.startswith(f"| `{env}`") or f"`{env}`" in ln.split("|")[1] for ln in table), \
+                f"README's environments table has no row for env {env} ({name})"
+        short = name.split("[")[0].rsplit(".", 1)[-1].split("(")[0]
+        assert short in readme, f"README does not mention row {name}"
