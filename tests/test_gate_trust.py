@@ -261,7 +261,7 @@ def test_11_adapter_returning_garbage_gets_an_error_record_per_cell(project, ada
 # ------------------------------------------------------------------ 12. native hangs
 
 def test_12_native_hang_is_stopped_and_recorded_as_timed_out(project):
-    run(project, "--adapter", FAKE + "NativeHang", "--timeout", "3", "--timeout-method", "thread", "-n", "2")
+    run(project, "--adapter", FAKE + "NativeHang", "--timeout", "10", "--timeout-method", "thread", "-n", "2")
     recs = {r["case_id"]: r for r in records(project)}
     hung = recs["train-1step-m0.5"]
     assert hung["verdict"] == "error" and hung["reason"].startswith("timed out") and "crashed" not in hung["reason"]
@@ -272,7 +272,7 @@ def test_12_native_hang_is_stopped_and_recorded_as_timed_out(project):
 
 def test_12_serial_run_stopped_by_the_timeout_is_incomplete(project):
     # Serial, the thread method ends the whole process: the shard has no run_end, the gate says so.
-    run(project, "--adapter", FAKE + "NativeHang", "--timeout", "3", "--timeout-method", "thread")
+    run(project, "--adapter", FAKE + "NativeHang", "--timeout", "10", "--timeout-method", "thread")
     assert lines(project)[-1].get("kind") != "run_end"
     code, out = gate(project, "res")
     assert code == 1 and "incomplete: the run never finished" in out, out

@@ -135,7 +135,9 @@ def test_crashing_framework_is_an_error_cell_and_other_results_are_kept(project)
 
 @pytest.mark.parametrize("method", ["signal", "thread"])
 def test_hanging_framework_times_out_as_an_error_cell(project, method):
-    args = ["--adapter", "tests.numpy_bn:HangingAdapter", "--results-dir", "res", "--timeout", "3",
+    # 10 s: far above a NumPy cell's cost even on a loaded 2-core machine (with 3 s, a restarted worker's
+    # first cell, which loads the adapter, once timed out too under heavy contention).
+    args = ["--adapter", "tests.numpy_bn:HangingAdapter", "--results-dir", "res", "--timeout", "10",
             "--timeout-method", method]
     if method == "thread":  # the thread method kills the process: xdist restarts the worker
         args += ["-n", "2"]
