@@ -366,3 +366,14 @@ def test_a_precision_divergence_fixed_on_a_whole_row_fails_the_run_and_the_gate(
                               "reproduces" in fixed.stdout.str()
     code, out = gate(project, "res")
     assert code == 1 and "fake-one-pass-variance no longer reproduces on fake: one-pass variance, fixed" in out, out
+
+
+def test_an_unsupported_cell_is_reported_skipped_with_its_reason_and_still_recorded(project):
+    result = run(project, "--adapter", FAKE + "OutputOnly", "-rs", "--junitxml", "junit.xml")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["SKIPPED*unsupported: observes none of what this case checks*"])
+    assert result.parseoutcomes()["skipped"] >= 1
+    junit = (project.path / "junit.xml").read_text()
+    assert "<skipped" in junit and "observes none of what this case checks" in junit
+    rec = next(r for r in records(project) if r["case_id"] == "train-counter-increments")
+    assert rec["verdict"] == "unsupported"
