@@ -72,6 +72,20 @@ class DataFileError(ValueError):
         super().__init__(": ".join(where + [message]))
 
 
+def load_yaml(text: str, shown: str, error: type[DataFileError]):
+    """``text`` parsed with PyYAML's safe loader (libyaml's where installed).
+
+    Raises ``error(shown, "YAML syntax error at line L, column C: ...")`` for
+    text that is not YAML (line and column 1-based), naming the file as ``shown``.
+    """
+    try:
+        return yaml.load(text, Loader=SAFE_LOADER)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise error(shown, f"YAML syntax error{where}: {getattr(exc, 'problem', exc)}") from None
+
+
 class CatalogueError(DataFileError):
     """A catalogue file or case is malformed: ``<file>: case '<id>': field '<dotted.path>': <message>``."""
 
@@ -364,13 +378,10 @@ def load_file(path: str | Path, root: str | Path | None = None) -> list[Case]:
     path = Path(path)
     shown = str(path.relative_to(root)) if root and path.is_relative_to(root) else str(path)
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=SAFE_LOADER)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise CatalogueError(shown, f"YAML syntax error{where}: {getattr(exc, 'problem', exc)}") from None
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise CatalogueError(shown, f"cannot read: {exc}") from None
+    raw = load_yaml(text, shown, CatalogueError)
     if not isinstance(raw, dict):
         raise CatalogueError(shown, "top level must be a mapping with 'theme' and 'cases'")
     try:

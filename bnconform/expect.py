@@ -57,7 +57,8 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .catalogue import DTYPES, MODES, OBSERVABLES, SAFE_LOADER, Backward, Case, DataFileError, Forward, SgdStep
+from .catalogue import (DTYPES, MODES, OBSERVABLES, SAFE_LOADER, Backward, Case, DataFileError, Forward, SgdStep,
+                        load_yaml)
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Where the BUILTIN rows' expectations live.
@@ -423,12 +424,7 @@ def load_file(path: str | Path, root: str | Path | None = ROOT,
 def parse(text: str, shown: str, known_adapters: set[str] | None = None) -> ExpectationsFile:
     """Validate the YAML ``text`` of an expectations file shown as ``shown``
     (errors as :func:`load_file`)."""
-    try:
-        raw = yaml.load(text, Loader=SAFE_LOADER)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ExpectationError(shown, f"YAML syntax error{where}: {getattr(exc, 'problem', exc)}") from None
+    raw = load_yaml(text, shown, ExpectationError)
     if not isinstance(raw, dict):
         raise ExpectationError(shown, "top level must be a mapping with 'groups' and 'entries'")
     try:
