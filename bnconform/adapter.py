@@ -28,6 +28,8 @@ adapter code: ``expectations/<framework>.yaml``, loaded and validated by
 from __future__ import annotations
 
 import importlib
+import sys
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -162,3 +164,26 @@ def load_adapter(target: str) -> Adapter:
     if not isinstance(obj, Adapter):
         raise TypeError(f"{target!r} is not a bnconform.adapter.Adapter subclass")
     return obj
+
+
+def builtin_registry() -> dict[str, tuple[str, str]]:
+    """The built-in rows, ``adapters.BUILTIN``: ``{report name: ("module:Class", group)}``.
+
+    Imported as the ``adapters`` package of the current path (pytest puts the
+    rootdir there) or, failing that, of the checkout this ``bnconform`` lives
+    in (the ``bnconform`` console script runs with its own ``bin/`` as
+    ``sys.path[0]``). ``{}`` where neither has it (bnconform installed without
+    the repository).
+    """
+    try:
+        from adapters import BUILTIN
+    except ImportError:
+        root = Path(__file__).resolve().parents[1]
+        if not (root / "adapters" / "__init__.py").is_file():
+            return {}
+        sys.path.append(str(root))
+        try:
+            from adapters import BUILTIN
+        except ImportError:
+            return {}
+    return dict(BUILTIN)

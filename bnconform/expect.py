@@ -456,9 +456,9 @@ def parse(text: str, shown: str, known_adapters: set[str] | None = None) -> Expe
 
 
 def _builtin() -> dict[str, tuple[str, str]]:
-    from adapters import BUILTIN  # the repo's adapters/ package
+    from .adapter import builtin_registry
 
-    return dict(BUILTIN)
+    return builtin_registry()
 
 
 @functools.lru_cache(maxsize=None)

@@ -89,11 +89,9 @@ def pytest_addoption(parser):
 
 
 def _builtin() -> dict[str, tuple[str, str]]:
-    try:
-        from adapters import BUILTIN  # the repo's adapters/ package
-    except ImportError:
-        return {}
-    return dict(BUILTIN)
+    from .adapter import builtin_registry
+
+    return builtin_registry()
 
 
 def _select(config) -> tuple[list[AdapterSpec], dict[str, list[str]]]:

@@ -183,3 +183,16 @@ def test_validate_reports_every_bad_file(tmp_path):
 if __name__ == "__main__":  # regenerate the recorded selection
     SELECTION.write_text(json.dumps(selection(), indent=1, sort_keys=True) + "\n")
     print(f"wrote {SELECTION.relative_to(ROOT)}")
+
+
+def test_the_validate_console_script_finds_the_builtin_rows():
+    # The console script runs with its own bin/ as sys.path[0], not the checkout: the BUILTIN rows must still
+    # be found (they were not, and `bnconform validate` died on ModuleNotFoundError: adapters).
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).parent / "bnconform"  # installed with the package (every tox env)
+    cmd = [str(script), "validate"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "valid expectation entries, 0 error(s)" in proc.stdout
