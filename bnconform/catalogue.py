@@ -71,6 +71,43 @@ class DataFileError(ValueError):
             where.append(f"field {field!r}")
         super().__init__(": ".join(where + [message]))
 
+    #: Location parts pydantic adds for unions and model validators, dropped from field paths
+    #: (exact names, and name prefixes).
+    location_tags: frozenset[str] = frozenset()
+    location_tag_prefixes: tuple[str, ...] = ()
+
+    @classmethod
+    def field_path(cls, loc: tuple) -> str:
+        """A pydantic error location as a dotted field path, ``steps[2].mode``."""
+        out = ""
+        for part in loc:
+            if isinstance(part, int):
+                out += f"[{part}]"
+            elif part in cls.location_tags or str(part).startswith(cls.location_tag_prefixes):
+                continue
+            else:
+                out += ("." if out else "") + str(part)
+        return out
+
+    @classmethod
+    def from_validation(cls, file: str, err: ValidationError, item_id: str | None) -> "DataFileError":
+        """pydantic's first error as this error (its field path), up to three more in the message."""
+        errors = err.errors()
+        msg = errors[0]["msg"]
+        if len(errors) > 1:
+            msg += " (also: " + "; ".join(f"{cls.field_path(x['loc'])}: {x['msg']}" for x in errors[1:4]) + ")"
+        return cls(file, msg, item_id, cls.field_path(errors[0]["loc"]) or None)
+
+
+def load_yaml_file(path: Path, shown: str, error: type[DataFileError]):
+    """The YAML document of ``path`` (UTF-8), as :func:`load_yaml`; an unreadable
+    file raises ``error(shown, "cannot read: ...")``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error(shown, f"cannot read: {exc}") from None
+    return load_yaml(text, shown, error)
+
 
 def load_yaml(text: str, shown: str, error: type[DataFileError]):
     """``text`` parsed with PyYAML's safe loader (libyaml's where installed).
@@ -90,6 +127,7 @@ class CatalogueError(DataFileError):
     """A catalogue file or case is malformed: ``<file>: case '<id>': field '<dotted.path>': <message>``."""
 
     noun = "case"
+    location_tags = frozenset({"forward", "backward", "sgd_step", "function-after[_consistent(), Case]"})
 
     @property
     def case_id(self) -> str | None:
@@ -345,28 +383,6 @@ class CatalogueFile(_Strict):
     cases: list[dict] = Field(min_length=1)
 
 
-def _loc(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
-
-
-def _first_error(file: str, err: ValidationError, case_id: str | None, prefix: str = "") -> CatalogueError:
-    e = err.errors()[0]
-    # Drop discriminator/union tags pydantic puts in the location.
-    loc = tuple(p for p in e["loc"] if p not in ("forward", "backward", "sgd_step", "function-after[_consistent(), Case]"))
-    field = prefix + _loc(loc)
-    msg = e["msg"]
-    if len(err.errors()) > 1:
-        others = "; ".join(f"{prefix + _loc(x['loc'])}: {x['msg']}" for x in err.errors()[1:4])
-        msg += f" (also: {others})"
-    return CatalogueError(file, msg, case_id, field or None)
-
-
 def load_file(path: str | Path, root: str | Path | None = None) -> list[Case]:
     """Load and validate one catalogue file.
 
@@ -377,17 +393,13 @@ def load_file(path: str | Path, root: str | Path | None = None) -> list[Case]:
     """
     path = Path(path)
     shown = str(path.relative_to(root)) if root and path.is_relative_to(root) else str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CatalogueError(shown, f"cannot read: {exc}") from None
-    raw = load_yaml(text, shown, CatalogueError)
+    raw = load_yaml_file(path, shown, CatalogueError)
     if not isinstance(raw, dict):
         raise CatalogueError(shown, "top level must be a mapping with 'theme' and 'cases'")
     try:
         meta = CatalogueFile.model_validate(raw)
     except ValidationError as exc:
-        raise _first_error(shown, exc, None) from None
+        raise CatalogueError.from_validation(shown, exc, None) from None
     cases: list[Case] = []
     seen: set[str] = set()
     for index, data in enumerate(meta.cases):
@@ -397,7 +409,7 @@ def load_file(path: str | Path, root: str | Path | None = None) -> list[Case]:
         try:
             case = Case.model_validate({**data, "file": shown, "theme": meta.theme})
         except ValidationError as exc:
-            raise _first_error(shown, exc, case_id) from None
+            raise CatalogueError.from_validation(shown, exc, case_id) from None
         if case.id in seen:
             raise CatalogueError(shown, "duplicate case id", case.id, "id")
         seen.add(case.id)

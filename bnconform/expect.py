@@ -70,6 +70,8 @@ class ExpectationError(DataFileError):
     (attributes ``file``, ``entry_id``, ``field``, ``message``)."""
 
     noun = "entry"
+    location_tags = frozenset({"function-after[_one_behaviour(), Entry]"})
+    location_tag_prefixes = ("literal[",)
 
     @property
     def entry_id(self) -> str | None:
@@ -382,26 +384,6 @@ class ExpectationsFile:
                      if (name in e.adapters if e.adapters is not None else name in rows))
 
 
-def _loc(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("function-after[_one_behaviour(), Entry]",) or str(part).startswith("literal["):
-            continue
-        else:
-            out += ("." if out else "") + str(part)
-    return out
-
-
-def _error(file: str, err: ValidationError, entry_id: str | None, prefix: str = "") -> ExpectationError:
-    e = err.errors()[0]
-    msg = e["msg"]
-    if len(err.errors()) > 1:
-        msg += " (also: " + "; ".join(f"{prefix + _loc(x['loc'])}: {x['msg']}" for x in err.errors()[1:4]) + ")"
-    return ExpectationError(file, msg, entry_id, (prefix + _loc(e["loc"])) or None)
-
-
 def load_file(path: str | Path, root: str | Path | None = ROOT,
               known_adapters: set[str] | None = None) -> ExpectationsFile:
     """Load and validate one expectations file.
@@ -430,7 +412,7 @@ def parse(text: str, shown: str, known_adapters: set[str] | None = None) -> Expe
     try:
         meta = _FileModel.model_validate(raw)
     except ValidationError as exc:
-        raise _error(shown, exc, None) from None
+        raise ExpectationError.from_validation(shown, exc, None) from None
     entries, seen = [], {}
     for index, data in enumerate(meta.entries):
         if not isinstance(data, dict):
@@ -441,7 +423,7 @@ def parse(text: str, shown: str, known_adapters: set[str] | None = None) -> Expe
         try:
             entry = Entry.model_validate({**data, "file": shown})
         except ValidationError as exc:
-            raise _error(shown, exc, entry_id) from None
+            raise ExpectationError.from_validation(shown, exc, entry_id) from None
         rows = seen.setdefault(entry.id, [])
         if any(r is None or entry.adapters is None or set(r) & set(entry.adapters) for r in rows):
             raise ExpectationError(shown, "duplicate entry id (an id may repeat only with disjoint 'adapters', "
