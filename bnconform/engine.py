@@ -115,16 +115,17 @@ def case_fields(case: Case) -> dict:
 
 
 def error_record(case: Case, adapter: str, framework: str, version: str, message: str,
-                 device: str = "cpu", nodeid: str | None = None, duration_s: float = 0.0) -> ResultRecord:
+                 device: str = "cpu", nodeid: str | None = None, duration_s: float = 0.0,
+                 framework_build: str | None = None) -> ResultRecord:
     """An ``error`` record for a cell whose run never returned: it timed out or
     crashed its process (recorded by the pytest plugin)."""
     return ResultRecord(**case_fields(case), adapter=adapter, framework=framework, framework_version=version,
-                        device=device, env=current_env(), nodeid=nodeid, verdict="error", reason=message,
-                        duration_s=duration_s)
+                        framework_build=framework_build, device=device, env=current_env(), nodeid=nodeid,
+                        verdict="error", reason=message, duration_s=duration_s)
 
 
 def run_cell(case: Case, adapter: Adapter, framework_version: str | None = None, nodeid: str | None = None,
-             expectations: Sequence[Entry] | None = None) -> ResultRecord:
+             expectations: Sequence[Entry] | None = None, framework_build: str | None = None) -> ResultRecord:
     """Run one cell and return its record. Never raises for framework or
     adapter failures (they become ``error``/``fails``); raises only for bugs in
     bnconform itself (and :class:`~bnconform.expect.ExpectationError` for a
@@ -132,11 +133,13 @@ def run_cell(case: Case, adapter: Adapter, framework_version: str | None = None,
 
     ``expectations``: the documented divergences of this adapter; default
     :func:`bnconform.expect.for_adapter` (its ``expectations/*.yaml`` entries).
+    ``framework_build``: build/runtime details recorded beside the version
+    (:meth:`~bnconform.adapter.Adapter.framework_build`).
     """
     start = time.perf_counter()
     version = framework_version if framework_version is not None else adapter.framework_version()
     base = dict(**case_fields(case), adapter=adapter.name, framework=adapter.framework, framework_version=version,
-                device=adapter.device, env=current_env(), nodeid=nodeid)
+                framework_build=framework_build, device=adapter.device, env=current_env(), nodeid=nodeid)
 
     def record(verdict: str, reason: str | None = None, **extra) -> ResultRecord:
         return ResultRecord(**base, verdict=verdict, reason=reason, duration_s=time.perf_counter() - start, **extra)

@@ -554,19 +554,17 @@ class CellItem(pytest.Item):
             pytest.skip(f"{adapter.name}: {why_not}")
         start = time.perf_counter()
         try:
-            record = run_cell(self.case, adapter, version, nodeid=self.nodeid)
+            record = run_cell(self.case, adapter, version, nodeid=self.nodeid, framework_build=build)
         except pytest.fail.Exception as exc:  # pytest-timeout's signal method lands here
-            self._keep(error_record(self.case, adapter.name, adapter.framework, version,
-                                    f"timed out: {exc}", adapter.device, self.nodeid,
-                                    time.perf_counter() - start).model_copy(update={"framework_build": build}))
+            self._keep(error_record(self.case, adapter.name, adapter.framework, version, f"timed out: {exc}",
+                                    adapter.device, self.nodeid, time.perf_counter() - start, build))
             raise
         except Exception as exc:  # noqa: BLE001 - a bnconform or adapter-contract failure: still a record
             self._keep(error_record(self.case, adapter.name, adapter.framework, version,
                                     f"bnconform could not judge this cell: {_error_text(exc)}", adapter.device,
-                                    self.nodeid, time.perf_counter() - start
-                                    ).model_copy(update={"framework_build": build}))
+                                    self.nodeid, time.perf_counter() - start, build))
             raise CellFailure(f"error: bnconform could not judge this cell: {type(exc).__name__}: {exc}") from exc
-        record = self._keep(record.model_copy(update={"framework_build": build}))
+        record = self._keep(record)
         if record.verdict in FAILING:
             raise CellFailure(f"{record.verdict}: {record.reason}")
         if record.verdict == "unsupported":

@@ -182,3 +182,15 @@ class FixedOnePassRow(OnePassRow):
 
     name = "fake: one-pass variance, fixed"
     variance_algorithm = "two_pass"
+
+
+class WithBuild(NumpyBatchNorm):
+    """A PEP 440 version and the build details beside it (item 9), as the CUDA and ONNX-export rows report."""
+
+    name = "fake: with build"
+
+    def framework_version(self):
+        return "2.13.0"
+
+    def framework_build(self):
+        return "cuDNN 91900, NVIDIA H100"

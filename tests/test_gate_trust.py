@@ -377,3 +377,10 @@ def test_an_unsupported_cell_is_reported_skipped_with_its_reason_and_still_recor
     assert "<skipped" in junit and "observes none of what this case checks" in junit
     rec = next(r for r in records(project) if r["case_id"] == "train-counter-increments")
     assert rec["verdict"] == "unsupported"
+
+
+def test_9_build_details_are_recorded_beside_a_pep440_version(project):
+    run(project, "--adapter", FAKE + "WithBuild")
+    recs = records(project)
+    assert {(r["framework_version"], r["framework_build"]) for r in recs} == {("2.13.0", "cuDNN 91900, NVIDIA H100")}
+    assert gate(project, "res")[0] == 0
