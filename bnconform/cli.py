@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser(
         "run", allow_abbrev=False, help="run the built-in catalogue with pytest and write the shard and the report",
         description="Run the built-in catalogue (and the --cases directories) for the frameworks installed here, "
-                    "in a "python -m pytest" subprocess from the current directory; write the shard "
+                    "in a subprocess (python -m pytest) from the current directory; write the shard "
                     "RESULTS_DIR/NAME.jsonl and the HTML report of it. Every argument not listed below goes to "
                     "pytest unchanged (-n 2, -k EXPR, --adapter MODULE:CLASS, -x, ...). Exit status: pytest's.",
         epilog="example: bnconform run --framework torch -n 2 --name torch-2.13")
