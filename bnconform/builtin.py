@@ -73,7 +73,8 @@ def _checkout_root() -> Path | None:
     or an editable install): the parent of ``bnconform/`` with ``cases/``,
     ``adapters/__init__.py`` and ``pyproject.toml``."""
     root = Path(__file__).resolve().parents[1]
-    if (root / "cases").is_dir() and (root / "adapters" / "__init__.py").is_file() and (root / "pyproject.toml").is_file():
+    marks = (root / "cases").is_dir(), (root / "adapters" / "__init__.py").is_file(), (root / "pyproject.toml").is_file()
+    if all(marks):
         return root
     return None
 

@@ -475,13 +475,16 @@ def _default_paths(config) -> None:
     instead of the current directory's tests. ``--cases`` directories are added
     to the paths in any case. Deterministic from the command line, so xdist
     workers (which get the invocation's arguments) collect the same."""
-    from .builtin import location
+    from .builtin import BuiltinMissing, location
 
     if not _catalogue_options(config):
         return
     args = list(config.args)
     if config.args_source != pytest.Config.ArgsSource.ARGS and not (Path(config.rootpath) / "cases").is_dir():
-        args = [str(location().check().cases)]
+        try:
+            args = [str(location().check().cases)]
+        except BuiltinMissing as exc:
+            raise pytest.UsageError(str(exc)) from None
     covered = _arg_paths(config) if args == config.args else [Path(a) for a in args]
     for d in _extra_cases(config):
         if not d.is_dir():
@@ -523,7 +526,11 @@ def pytest_configure(config):
     _default_paths(config)
     _share_cores_between_workers(config)
     if "BNCONFORM_COMMIT" not in os.environ:  # inherited by xdist workers
-        commit = _suite_commit(Path(config.rootpath))
+        from .builtin import location
+
+        # Installed, the suite is no checkout (and the rootdir is the user's repository): its version says it.
+        commit = (f"bnconform=={importlib.metadata.version('bnconform')}" if location().installed
+                  else _suite_commit(Path(config.rootpath)))
         if commit:
             os.environ["BNCONFORM_COMMIT"] = commit
     config.stash[RECORDER] = Recorder(config)
