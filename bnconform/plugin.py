@@ -482,9 +482,14 @@ def _default_paths(config) -> None:
     args = list(config.args)
     if config.args_source != pytest.Config.ArgsSource.ARGS and not (Path(config.rootpath) / "cases").is_dir():
         try:
-            args = [str(location().check().cases)]
+            where = location().check()
         except BuiltinMissing as exc:
             raise pytest.UsageError(str(exc)) from None
+        if not where.installed and not config.getoption("noconftest") and Path(config.rootpath).resolve() != where.root:
+            # pytest would import the checkout's conftest.py (pytest_plugins) during collection, which it refuses.
+            raise pytest.UsageError(f"this bnconform is the checkout {where.root}: run pytest there, pass "
+                                    f"{where.cases} as a path, or use `bnconform run` (any directory)")
+        args = [str(where.cases)]
     covered = _arg_paths(config) if args == config.args else [Path(a) for a in args]
     for d in _extra_cases(config):
         if not d.is_dir():
