@@ -113,6 +113,15 @@ def test_pytest_given_no_paths_outside_a_checkout_collects_the_builtin_catalogue
         ("train-1step-m0.1", "cases/training.yaml", "conforms")]
 
 
+def test_a_checkout_refuses_a_pathless_run_elsewhere_with_a_clear_message(pytester, monkeypatch):
+    # Collected from another rootdir, the checkout's cases/ would make pytest import its conftest.py late
+    # (pytest_plugins in a non-top-level conftest: an internal error); the message says what works instead.
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    result = pytester.runpytest_subprocess("-p", "bnconform.plugin", "--adapter", GOOD, "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*this bnconform is the checkout {ROOT}*bnconform run*"])
+
+
 # ------------------------------------------------------------------ bnconform run
 
 
