@@ -84,6 +84,7 @@ def test_run_from_an_empty_directory(venv, tmp_path):
     assert {r["case_file"].split("/")[0] for r in records} == {"cases"}
     manifest = {d["kind"]: d for d in lines if "kind" in d}
     assert manifest["run_end"]["how"] == "complete" and not manifest["collected"]["partial"]
+    assert manifest["run_start"]["suite_commit"].startswith("bnconform==")  # not a commit of the user's repository
     report = empty / "reports" / "parity.html"
     assert report.is_file() and report.stat().st_size > 10_000
     # The catalogue the run used is the repository's: the gate of the installed package accepts the shard.
