@@ -28,8 +28,10 @@ TORCH_CELLS = 305  # 61 cases x 5 torch rows
 
 
 def sh(*cmd, cwd: Path, timeout: float = 3600) -> subprocess.CompletedProcess:
-    """Run ``cmd`` in ``cwd`` outside this env: no PYTHONPATH, no tox env name, so only the venv's install counts."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "BNCONFORM_ENV", "VIRTUAL_ENV")}
+    """Run ``cmd`` in ``cwd`` outside this env (no PYTHONPATH, tox env name or suite commit of this run): only
+    the venv's install counts."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "BNCONFORM_ENV", "BNCONFORM_COMMIT", "VIRTUAL_ENV")}
     proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     return proc
 
