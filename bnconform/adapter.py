@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -169,19 +168,32 @@ def load_adapter(target: str) -> Adapter:
 def builtin_registry() -> dict[str, tuple[str, str]]:
     """The built-in rows, ``adapters.BUILTIN``: ``{report name: ("module:Class", group)}``.
 
-    Imported as the ``adapters`` package of the current path (pytest puts the
-    rootdir there) or, failing that, of the checkout this ``bnconform`` lives
-    in (the ``bnconform`` console script runs with its own ``bin/`` as
-    ``sys.path[0]``). ``{}`` where neither has it (bnconform installed without
-    the repository).
+    Installed (:func:`bnconform.builtin.location`): the package
+    ``bnconform._builtin.adapters``, its targets rewritten to that package
+    (``bnconform._builtin.adapters.torch_nn:BatchNorm1d``); a top-level
+    ``adapters`` package of the user's is never imported. In a checkout: the
+    ``adapters`` package of the current path (pytest puts the rootdir there)
+    or, failing that, of the checkout this ``bnconform`` lives in (the
+    ``bnconform`` console script runs with its own ``bin/`` as
+    ``sys.path[0]``). ``{}`` where none has it.
     """
+    from .builtin import location
+
+    where = location()
+    if where.installed:
+        try:
+            module = importlib.import_module(where.adapters_package)
+        except ImportError:
+            return {}
+        prefix = "adapters."
+        return {name: (where.adapters_package + "." + target[len(prefix):] if target.startswith(prefix) else target,
+                       group) for name, (target, group) in module.BUILTIN.items()}
     try:
         from adapters import BUILTIN
     except ImportError:
-        root = Path(__file__).resolve().parents[1]
-        if not (root / "adapters" / "__init__.py").is_file():
+        if not (where.root / "adapters" / "__init__.py").is_file():
             return {}
-        sys.path.append(str(root))
+        sys.path.append(str(where.root))
         try:
             from adapters import BUILTIN
         except ImportError:

@@ -57,12 +57,15 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .builtin import location
 from .catalogue import (DTYPES, MODES, OBSERVABLES, SAFE_LOADER, Backward, Case, DataFileError, Forward, SgdStep,
                         load_yaml)
 
-ROOT = Path(__file__).resolve().parents[1]
+#: What the built-in expectations files are shown relative to (``expectations/torch.yaml``): the checkout,
+#: or the installed package data (:mod:`bnconform.builtin`).
+ROOT = location().root
 #: Where the BUILTIN rows' expectations live.
-EXPECTATIONS_DIR = ROOT / "expectations"
+EXPECTATIONS_DIR = location().expectations
 
 
 class ExpectationError(DataFileError):
@@ -443,6 +446,13 @@ def _builtin() -> dict[str, tuple[str, str]]:
     return builtin_registry()
 
 
+def _require_dir(directory: str | Path) -> None:
+    """Raise :class:`ExpectationError` when the expectations ``directory`` does not
+    exist: without it every documented divergence would silently be a failure."""
+    if not Path(directory).is_dir():
+        raise ExpectationError(str(directory), "the expectations directory does not exist (a broken install?)")
+
+
 @functools.lru_cache(maxsize=None)
 def builtin_files(directory: str = str(EXPECTATIONS_DIR)) -> tuple[ExpectationsFile, ...]:
     """Every ``*.yaml`` of ``directory`` (default ``expectations/``), validated
@@ -471,6 +481,10 @@ def validate_all(directory: str | Path = EXPECTATIONS_DIR) -> tuple[int, list[Ex
     entries, errors) — every file's first error, not only the first file's
     (``bnconform validate``)."""
     builtin, errors, n = _builtin(), [], 0
+    try:
+        _require_dir(directory)
+    except ExpectationError as exc:
+        return 0, [exc]
     for p in sorted(Path(directory).glob("*.yaml")):
         try:
             n += len(load_file(p, ROOT, set(builtin)).entries)
@@ -518,6 +532,7 @@ def file_for_group(group: str, directory: str = str(EXPECTATIONS_DIR)) -> Expect
     the project tests call it). Raises :class:`ExpectationError` when the
     owning file is malformed, when two files claim the group, and for any file
     that is not YAML at all (its groups cannot be told)."""
+    _require_dir(directory)
     owners = []
     for p in sorted(Path(directory).glob("*.yaml")):
         try:

@@ -14,9 +14,10 @@ Evidence (current results, and the baseline's too):
 * every collected cell has its record, and no record is foreign to the run;
 * the run selected the whole catalogue for its adapters (a ``-k``/``-m``/path
   selection is partial) unless ``--allow-partial``;
-* all shards were run on one catalogue (same digest) and, where the catalogue
-  is visible (``--cases``, default ``./cases`` when present), on the one on
-  disk; a catalogue that failed to load fails;
+* all shards were run on one catalogue (same digest) and on the one on disk:
+  ``./cases`` when present (the checkout), else the built-in catalogue of the
+  installed package, plus every ``--cases`` directory (as ``bnconform run
+  --cases`` added them); a catalogue that failed to load fails;
 * no unreadable line, no conflicting shards, at least one cell, and at least
   one value compared (a run of only ``unsupported`` cells measured nothing).
 
@@ -54,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .compare import SAFETY
+from .builtin import BuiltinMissing, location
 from .results import FAILING, Shard, catalogue_digest, catalogue_dirs
 from .resultset import Diff, Merged, diff, divergence_ids, load_and_merge, merge, unreproduced_divergences
 
@@ -354,9 +356,10 @@ def add_parser(sub) -> None:
     p.add_argument("--require-frameworks", default="", help="comma-separated import names that must have tested cells")
     p.add_argument("--map-adapter", action="append", nargs=2, default=[], metavar=("OLD", "NEW"),
                    help="compare baseline adapter OLD with current adapter NEW (names may contain '=')")
-    p.add_argument("--cases", default=None, metavar="DIR",
-                   help="the catalogue the current results must come from (default: ./cases when present; its "
-                        "sibling expectations/ is included)")
+    p.add_argument("--cases", action="append", default=[], metavar="DIR",
+                   help="the catalogue the current results must come from is ./cases when present, else the "
+                        "built-in one; --cases adds a directory to it, as bnconform run --cases DIR did "
+                        "(repeatable; a sibling expectations/ of each is included)")
     p.add_argument("--allow-partial", action="store_true",
                    help="accept runs that selected part of the catalogue (-k, -m, paths): reported as notes")
     p.add_argument("--allow-legacy-shards", action="store_true",
@@ -376,15 +379,24 @@ def run(args) -> int:
     if baseline is not None and mapping:
         baseline = rename_adapters(baseline, mapping)
     required = [f.strip() for f in args.require_frameworks.split(",") if f.strip()]
-    cases = Path(args.cases) if args.cases else Path("cases")
-    if args.cases and not cases.is_dir():
-        print(f"bnconform gate: --cases {cases}: not a directory", file=sys.stderr)
-        return 2
-    disk = (str(cases), catalogue_digest(catalogue_dirs(cases))) if cases.is_dir() else None
+    for d in args.cases:
+        if not Path(d).is_dir():
+            print(f"bnconform gate: --cases {d}: not a directory", file=sys.stderr)
+            return 2
+    dirs = [Path(d) for d in args.cases]
+    try:
+        base = Path("cases") if Path("cases").is_dir() else location().check().cases
+        dirs.insert(0, base)
+    except BuiltinMissing as exc:
+        print(f"bnconform gate: {exc}", file=sys.stderr)
+    dirs = list({d.resolve(): d for d in dirs}.values())  # the same directory twice counts once
+    disk = None
+    if dirs:
+        disk = (", ".join(map(str, dirs)), catalogue_digest([x for d in dirs for x in catalogue_dirs(d)]))
     result = evaluate(current, baseline, required, allow_partial=args.allow_partial,
                       allow_legacy=args.allow_legacy_shards, disk_catalogue=disk)
     if disk is None:
-        result.notes.append("no catalogue on disk to check the results against (./cases absent; see --cases)")
+        result.notes.append("no catalogue on disk to check the results against (see --cases)")
     print(result.text())
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:

@@ -1,6 +1,17 @@
 """pytest plugin: the catalogue (``cases/**/*.yaml``) collected as a matrix of
 (case, adapter) cells, one test item per cell.
 
+Installed, the plugin is registered by the ``pytest11`` entry point
+``bnconform.plugin`` (so ``pytest --framework torch`` works in any directory);
+the checkout's ``conftest.py`` names the same module, which pytest then does not
+register again.
+
+Catalogue files are the ``*.yaml`` under: the rootdir's ``cases/`` (a project
+laid out like this repository; the checkout's is the built-in catalogue), the
+built-in catalogue (:mod:`bnconform.builtin`) and every ``--cases`` directory.
+A catalogue run given no paths (``pytest --framework torch`` outside a checkout)
+collects the built-in catalogue, plus the ``--cases`` directories.
+
 Options (see ``pytest --help``, group "bnconform"):
 
 * ``--framework NAME`` — run the built-in adapters of NAME (e.g. ``torch``) and
@@ -14,11 +25,13 @@ Options (see ``pytest --help``, group "bnconform"):
   skipping them: for the env that exists to run the GPU rows.
 * ``--results-dir DIR`` — where ``<env>.jsonl`` is written (default
   ``reports/results`` under the rootdir; env from ``$BNCONFORM_ENV``).
+* ``--cases DIR`` — add the catalogue files under DIR to the run (repeatable;
+  same schema and validation as the built-in ones).
 
 Only the controlling process writes records (workers ship them inside their
 test reports), so ``pytest -n N`` writes the same records as ``pytest``.
 
-A catalogue run (a path under ``cases/``, or ``--framework``/``--adapter``;
+A catalogue run (a path in a catalogue directory, or ``--framework``/``--adapter``/``--cases``;
 not ``pytest tests``, not ``--collect-only``) truncates its shard when the
 session starts and frames the records with a run manifest — ``run_start``,
 ``collected``, ``run_end`` (see :mod:`bnconform.results`) — so a reader can
@@ -86,6 +99,8 @@ def pytest_addoption(parser):
                     help="an adapter unavailable on this machine (e.g. no CUDA device) fails its cells, not skips")
     group.addoption("--results-dir", default=None, metavar="DIR",
                     help="directory for <env>.jsonl result records (default: reports/results)")
+    group.addoption("--cases", action="append", default=[], metavar="DIR", dest="bnconform_cases",
+                    help="add the catalogue files (*.yaml) under DIR to the run (repeatable)")
 
 
 def _builtin() -> dict[str, tuple[str, str]]:
@@ -181,6 +196,8 @@ class Recorder:
         self.started_at: dict[str, float] = {}
         self.collection_errors: dict[str, str] = {}
         self.collected = None
+        #: The run's catalogue by case id (controlling process, once collected): crash records need the case.
+        self.catalogue: dict[str, Case] = {}
         #: Records of quirk/known_bug cells (row-level reproduction check at the end of a complete run).
         self.judged: list[dict] = []
         self.unreproduced: list[str] = []
@@ -196,7 +213,7 @@ class Recorder:
         from .results import ResultsWriter, RunStart, catalogue_digest, catalogue_dirs, current_env, now
 
         root = Path(self.config.rootpath)
-        dirs = catalogue_dirs(root / "cases")
+        dirs = list(dict.fromkeys(d for cases in _run_catalogue(self.config) for d in catalogue_dirs(cases)))
         opt = self.config.option
         selection = {
             "args": [str(a) for a in self.config.invocation_params.args],
@@ -206,6 +223,7 @@ class Recorder:
             "deselect": list(getattr(opt, "deselect", None) or []),
             "frameworks": sorted({s.framework for s in self.specs if s.required and s.framework}),
             "adapters": list(self.config.getoption("adapter")),
+            "cases": list(self.config.getoption("bnconform_cases")),
             "adapter_names": [s.name for s in self.specs],
             "require_device": bool(self.config.getoption("require_device")),
             "timeout": self.timeout,
@@ -215,7 +233,8 @@ class Recorder:
         self.writer = ResultsWriter(_results_path(self.config))
         self.writer.write(RunStart(env=current_env(), started=now(), suite_commit=os.environ.get("BNCONFORM_COMMIT"),
                                    catalogue_digest=catalogue_digest(dirs),
-                                   catalogue_dirs=[d.relative_to(root).as_posix() for d in dirs],
+                                   catalogue_dirs=[d.relative_to(root).as_posix() if d.is_relative_to(root)
+                                                   else d.as_posix() for d in dirs],
                                    selection=selection))
 
     def pytest_collection_finish(self, session):
@@ -231,11 +250,16 @@ class Recorder:
         from .catalogue import load_catalogue
         from .results import Collected
 
-        root = Path(self.config.rootpath)
-        cat = load_catalogue([root / "cases"], root) if (root / "cases").is_dir() else None
-        full = [f"{c.file}::{c.id}[{s.name}]" for c in (cat.cases if cat else []) for s in self.specs]
-        chosen = set(cells)
-        not_selected = [n for n in full if n not in chosen]
+        dirs = _run_catalogue(self.config)
+        cat = load_catalogue(dirs, self.config.rootpath) if dirs else None
+        if cat is not None:  # the names the collected cells carry (cases/training.yaml, not a site-packages path)
+            cat.cases = [c.model_copy(update={"file": _shown(self.config, Path(c.file))}) for c in cat.cases]
+            cat.errors = [type(e)(_shown(self.config, Path(e.file)), e.message, e.item_id, e.field) for e in cat.errors]
+            self.catalogue = cat.by_id()
+        full = [(c.id, s.name, f"{c.file}::{c.id}[{s.name}]") for c in (cat.cases if cat else []) for s in self.specs]
+        # Cells are compared by (case id, adapter): node ids of files outside the rootdir are pytest's to choose.
+        chosen = {m.group(2, 3) for m in map(CELL_NODEID.fullmatch, cells) if m}
+        not_selected = [n for case_id, adapter, n in full if (case_id, adapter) not in chosen]
         partial = bool(not_selected) or not full
         self.collected = Collected(cells=cells, full=len(full), partial=partial, not_selected=not_selected[:50],
                                    not_selected_count=len(not_selected),
@@ -339,7 +363,8 @@ class Recorder:
             pass
         plugin = spec.target if spec is not None and spec.plugin else None
         try:
-            case = next(c for c in load_file(Path(self.config.rootpath) / path, self.config.rootpath) if c.id == case_id)
+            case = self.catalogue.get(case_id) or next(
+                c for c in load_file(Path(self.config.rootpath) / path, self.config.rootpath) if c.id == case_id)
         except (CatalogueError, StopIteration):
             # The case file changed under the run: still one record for the cell.
             return ResultRecord(case_id=case_id, case_file=path, theme="?", title="?", behaviour="?", adapter=name,
@@ -400,19 +425,96 @@ def _timeout_method(config) -> str | None:
     return value or None
 
 
+def _catalogue_options(config) -> bool:
+    """``--framework``, ``--adapter`` or ``--cases`` given."""
+    return bool(config.getoption("framework") or config.getoption("adapter") or config.getoption("bnconform_cases"))
+
+
 def _catalogue_run(config) -> bool:
     """Whether this session runs the conformance matrix (then it writes a shard):
-    ``--framework``/``--adapter`` given, or a path under (or containing) ``cases/``.
-    ``pytest tests`` (the suite's own tests) writes nothing."""
-    if config.getoption("framework") or config.getoption("adapter"):
-        return True
+    ``--framework``/``--adapter``/``--cases`` given, or a path in (or containing)
+    a catalogue directory. ``pytest tests`` (the suite's own tests) writes nothing."""
+    return _catalogue_options(config) or bool(_run_catalogue(config))
+
+
+def _extra_cases(config) -> list[Path]:
+    """The ``--cases`` directories (resolved against the invocation directory)."""
     base = Path(config.invocation_params.dir)
-    for arg in config.args:
-        p = Path(str(arg).split("::")[0])
-        p = (p if p.is_absolute() else base / p).resolve()
-        if "cases" in p.parts or (p / "cases").is_dir():
-            return True
-    return False
+    return [(base / d).resolve() for d in config.getoption("bnconform_cases")]
+
+
+def _catalogue_dirs(config) -> list[Path]:
+    """Every directory whose ``*.yaml`` are catalogue files in this session
+    (resolved, without duplicates): the rootdir's ``cases/``, the built-in
+    catalogue, the ``--cases`` directories."""
+    from .builtin import location
+
+    dirs = [Path(config.rootpath) / "cases", location().cases, *_extra_cases(config)]
+    return list(dict.fromkeys(d.resolve() for d in dirs))
+
+
+def _arg_paths(config) -> list[Path]:
+    base = Path(config.invocation_params.dir)
+    paths = [Path(str(arg).split("::")[0]) for arg in config.args]
+    return [(p if p.is_absolute() else base / p).resolve() for p in paths]
+
+
+def _run_catalogue(config) -> list[Path]:
+    """The catalogue directories this session collects from: those an argument
+    lies in or contains, and the ``--cases`` directories (which always count)."""
+    args = _arg_paths(config)
+    extra = _extra_cases(config)
+    return [d for d in _catalogue_dirs(config) if d in extra or d.is_dir() and any(
+        a.is_relative_to(d) or d.is_relative_to(a) for a in args)]
+
+
+def _default_paths(config) -> None:
+    """Point a catalogue run at its catalogue. Given no paths and no catalogue
+    of its own (no ``cases/`` in the rootdir: not the checkout, not a project laid
+    out like it), ``pytest --framework NAME`` collects the built-in catalogue
+    instead of the current directory's tests. ``--cases`` directories are added
+    to the paths in any case. Deterministic from the command line, so xdist
+    workers (which get the invocation's arguments) collect the same."""
+    from .builtin import BuiltinMissing, location
+
+    if not _catalogue_options(config):
+        return
+    args = list(config.args)
+    if config.args_source != pytest.Config.ArgsSource.ARGS and not (Path(config.rootpath) / "cases").is_dir():
+        try:
+            where = location().check()
+        except BuiltinMissing as exc:
+            raise pytest.UsageError(str(exc)) from None
+        if not where.installed and not config.getoption("noconftest") and Path(config.rootpath).resolve() != where.root:
+            # pytest would import the checkout's conftest.py (pytest_plugins) during collection, which it refuses.
+            raise pytest.UsageError(f"this bnconform is the checkout {where.root}: run pytest there, pass "
+                                    f"{where.cases} as a path, or use `bnconform run` (any directory)")
+        args = [str(where.cases)]
+    covered = _arg_paths(config) if args == config.args else [Path(a) for a in args]
+    for d in _extra_cases(config):
+        if not d.is_dir():
+            raise pytest.UsageError(f"--cases {d}: not a directory")
+        if not any(d.is_relative_to(a) for a in covered):
+            args.append(str(d))
+    config.args = args
+
+
+def _shown(config, path: Path) -> str:
+    """How a catalogue file is named in records and errors: relative to the
+    rootdir when it lies there (``cases/training.yaml``), else relative to the
+    parent of its catalogue directory (the built-in one installed:
+    ``cases/training.yaml``; ``--cases /x/mine``: ``mine/a.yaml``)."""
+    path = Path(path)
+    if not path.is_absolute():
+        return path.as_posix()
+    root = Path(config.rootpath)
+    if path.is_relative_to(root):
+        return path.relative_to(root).as_posix()
+    resolved = path.resolve()
+    for d in _catalogue_dirs(config):
+        if resolved.is_relative_to(d):
+            return resolved.relative_to(d.parent).as_posix()
+    return path.as_posix()
 
 
 def _suite_commit(root: Path) -> str | None:
@@ -426,9 +528,14 @@ def _suite_commit(root: Path) -> str | None:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "bnconform_cell: a (case, adapter) conformance cell")
+    _default_paths(config)
     _share_cores_between_workers(config)
     if "BNCONFORM_COMMIT" not in os.environ:  # inherited by xdist workers
-        commit = _suite_commit(Path(config.rootpath))
+        from .builtin import location
+
+        # Installed, the suite is no checkout (and the rootdir is the user's repository): its version says it.
+        commit = (f"bnconform=={importlib.metadata.version('bnconform')}" if location().installed
+                  else _suite_commit(Path(config.rootpath)))
         if commit:
             os.environ["BNCONFORM_COMMIT"] = commit
     config.stash[RECORDER] = Recorder(config)
@@ -465,8 +572,10 @@ def _results_path(config) -> Path:
 
 
 def pytest_collect_file(file_path: Path, parent):
-    if file_path.suffix == ".yaml" and "cases" in file_path.parent.parts:
-        return CatalogueFile.from_parent(parent, path=file_path)
+    if file_path.suffix == ".yaml":
+        resolved = file_path.resolve()
+        if any(resolved.is_relative_to(d) for d in _catalogue_dirs(parent.config)):
+            return CatalogueFile.from_parent(parent, path=file_path)
     return None
 
 
@@ -476,7 +585,8 @@ class CatalogueFile(pytest.File):
     def collect(self):
         from .catalogue import CatalogueError, load_file
 
-        cases = load_file(self.path, self.config.rootpath)
+        shown = _shown(self.config, self.path)
+        cases = [c.model_copy(update={"file": shown}) for c in load_file(self.path, self.config.rootpath)]
         seen = self.config.stash.setdefault(SEEN_CASES, {})
         for case in cases:  # the report and the gate key cells by case id: it must be unique
             first = seen.setdefault(case.id, case.file)
