@@ -1,8 +1,8 @@
 """Issue 22's acceptance: the suite used without the repository.
 
 Builds the sdist and, from it, the wheel (``python -m build``), installs the wheel with the ``torch`` extra into
-a fresh venv (``python -m venv``; that venv's pip honours the machine's pip configuration, so
-``torch==2.13.0`` is the CPU build), and from an empty temporary directory runs ``bnconform run --framework
+a fresh venv (``uv venv`` / ``uv pip install``, as tox-uv builds the envs; ``torch==2.13.0`` is the
+local CPU wheel through ``UV_FIND_LINKS``), and from an empty temporary directory runs ``bnconform run --framework
 torch``, ``bnconform cases`` and plain ``pytest --framework torch`` (the pytest11 entry point).
 
 Slow (minutes, mostly the install): run by the tox env ``install`` only (the selftest env ignores this module).
@@ -48,12 +48,18 @@ def dist(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def venv(dist, tmp_path_factory):
-    """A fresh venv with ``bnconform[torch]`` installed from the wheel: its ``bin/`` directory."""
+    """A fresh venv with ``bnconform[torch]`` installed from the wheel: its ``bin/`` directory.
+
+    Created and installed by uv (``python -m uv``, a dependency of the ``install`` env), as the tox envs are:
+    pip took 4-14 minutes for the same install here, uv seconds. uv reads no pip configuration;
+    ``UV_FIND_LINKS`` (set by tox.ini from ``PIP_FIND_LINKS``) keeps ``torch==2.13.0`` the local CPU wheel.
+    """
     where = tmp_path_factory.mktemp("venv") / "v"
-    proc = sh(sys.executable, "-m", "venv", where, cwd=where.parent)
+    proc = sh(sys.executable, "-m", "uv", "venv", "--python", sys.executable, where, cwd=where.parent)
     assert proc.returncode == 0, proc.stderr
     bin_dir = where / "bin"
-    proc = sh(bin_dir / "python", "-m", "pip", "install", "--no-input", f"{dist['wheel']}[torch]", cwd=where.parent)
+    proc = sh(sys.executable, "-m", "uv", "pip", "install", "--python", bin_dir / "python",
+              f"{dist['wheel']}[torch]", cwd=where.parent)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     yield bin_dir
     shutil.rmtree(where, ignore_errors=True)  # a torch venv is about 1 GB
