@@ -1,16 +1,21 @@
 """The data contract between the report's Python side and its page script (``app.js.j2``).
 
-The page embeds two JSON blocks, each in a ``<script type="application/json">``
+The page embeds one JSON block in a ``<script type="application/json">``
 element (Jinja2's ``tojson``, which escapes ``<``, ``>``, ``&`` and ``'``):
 
 ``#bn-data``: one :class:`ReportData` object, parsed when the page loads. The
     matrix cells in the HTML carry ``data-i`` = the index of their
-    :class:`Cell` in ``ReportData.cells``; cells refer to cases, adapters and
-    divergences by index into ``cases``, ``adapters`` and ``divergences``
-    (each divergence is stored once however many cells show it).
-``#bn-figs``: :data:`FIGURES` = ``{str(case index): base64 of the case's SVG}``,
-    parsed on the first drill-down only; a case without numeric comparisons
-    has no entry.
+    :class:`Cell` in ``ReportData.cells``; cells refer to cases, adapters,
+    runs, observables and divergences by index into ``cases``, ``adapters``,
+    ``runs``, ``observables`` and ``divergences`` (each stored once however
+    many cells use it).
+
+The plots are drawn in the page (uPlot, inlined) from these numbers when a
+cell is drilled down: the running statistics per step from
+:attr:`CaseInfo.oracle` (canonical oracle, once per case),
+:attr:`Cell.trajectories` (the adapter) and :attr:`Cell.oracle_trajectories`
+(the oracle with the cell's divergences, only where it differs), the
+error/tolerance ratios from :attr:`Cell.comparisons`. No number is stored twice.
 
 The view model builds the data through these models (so a report that renders
 meets the contract) and the tests validate the embedded JSON of a rendered
@@ -19,8 +24,10 @@ makes any key not declared here a validation error, and a test checks that
 every field ``app.js.j2`` reads is declared (to add one: declare it here with
 its docstring, fill it in :mod:`.data`, read it in the script). Strings from
 results reach the page only as text (``textContent``); URLs only when they are
-http(s) (``*_url`` fields are null otherwise). Numbers are rounded to 4
-significant digits; a non-finite number is null.
+http(s) (``*_url`` fields are null otherwise). A non-finite number is null.
+Numbers are rounded to what the page shows: errors, tolerances and ratios to
+3 significant digits (the tables print 3), plotted values to
+:data:`PLOT_DIGITS`.
 
 Field names follow the result records (:class:`bnconform.results.ResultRecord`)
 where the value is the same. Comparisons are sent as a column table
@@ -33,11 +40,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from ..results import Verdict
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2
+#: Significant digits of plotted values (trajectories): a plot resolves ~1/300 of its range.
+PLOT_DIGITS = 4
+#: Channels whose running statistics are embedded and plotted per trajectory (the rest are counted).
+PLOT_CHANNELS = 4
 
 
 class _Model(BaseModel):
@@ -53,6 +64,30 @@ class Source(_Model):
     """http(s) URL, else null (never a ``javascript:`` link)."""
     file: str | None
     """Seed thread file name (``/work/shared/seeds/*.txt``), if the source is one."""
+
+
+class Trajectory(_Model):
+    """Values of one per-channel observable after each step (a plotted trajectory).
+
+    ``value[k]`` is the observable after step ``step[k]``: its first
+    :data:`PLOT_CHANNELS` channels, rounded to :data:`PLOT_DIGITS` significant digits,
+    null where not finite.
+    """
+
+    observable: Literal["running_mean", "running_var"]
+    """The observable (one value per channel)."""
+    channels: int
+    """How many channels the observable has (only the first ``PLOT_CHANNELS`` are in ``value``)."""
+    step: list[int]
+    """Step indices, increasing."""
+    value: list[list[float | None]]
+    """One list of channel values per step index."""
+
+    @model_validator(mode="after")
+    def _one_value_per_step(self) -> "Trajectory":
+        if len(self.step) != len(self.value):
+            raise ValueError(f"{len(self.step)} steps but {len(self.value)} values")
+        return self
 
 
 class CaseInfo(_Model):
@@ -72,6 +107,12 @@ class CaseInfo(_Model):
     """Case file, e.g. ``cases/training.yaml``."""
     sources: list[Source]
     """Sources the case cites (may be empty)."""
+    steps: list[str]
+    """The operation of each step of the case's program, by step index (e.g. ``forward(train)``), as the
+    records' comparisons name them; empty when no cell compared anything."""
+    oracle: list[Trajectory]
+    """The canonical oracle's running statistics per step (``running_mean``, ``running_var``), the
+    reference line of every plot of the case; empty when no cell compared them."""
 
 
 class AdapterInfo(_Model):
@@ -118,6 +159,21 @@ class DivergenceInfo(_Model):
     """How that bound follows from the documented defect."""
 
 
+class RunInfo(_Model):
+    """Where and with what a record was produced (shared by the cells of one env and framework version)."""
+
+    env: str
+    """tox env that produced the record (``local`` outside tox)."""
+    framework_version: str
+    """Version of the framework that ran the cell."""
+    python: str
+    """Python version."""
+    platform: str
+    """``sys.platform-machine``, e.g. ``linux-x86_64``."""
+    device: str
+    """Device it ran on: ``cpu`` or e.g. ``cuda``."""
+
+
 class ComparisonTable(_Model):
     """Comparisons of one cell, one column per field, in the order the engine compared them.
 
@@ -127,13 +183,12 @@ class ComparisonTable(_Model):
     """
 
     step: list[int | None]
-    """Step index of the case's program (0-based)."""
-    op: list[str | None]
-    """The step's operation, e.g. ``forward(train)``."""
-    observable: list[str | None]
-    """e.g. ``output``, ``running_var``, ``grad_input``."""
-    passed: list[bool]
-    """Whether every element was within tolerance (and the structure matched)."""
+    """Step index of the case's program (0-based); its operation is ``CaseInfo.steps[step]``."""
+    observable: list[int]
+    """Index into ``ReportData.observables`` (``output``, ``running_var``, ``grad_input``, ...)."""
+    passed: list[bool] | None
+    """Whether every element was within tolerance (and the structure matched); the whole column is null
+    when every row passed."""
     max_abs_err: list[float | None]
     """Largest absolute error."""
     max_rel_err: list[float | None]
@@ -141,15 +196,16 @@ class ComparisonTable(_Model):
     tol_at_worst: list[float | None]
     """Tolerance at the element with the largest error/tolerance ratio."""
     ratio: list[float | None]
-    """Largest error/tolerance over the elements (<= 1 passes); null when not finite."""
-    headroom: list[float | None]
-    """1/ratio: how many times larger the error could have been; null when ``ratio`` is 0 (exact)."""
-    message: list[str | None]
-    """Why the comparison failed structurally (shape, dtype, NaN pattern), else null."""
+    """Largest error/tolerance over the elements (<= 1 passes; the headroom shown is 1/ratio); null when
+    not finite."""
+    message: list[str | None] | None
+    """Why the comparison failed structurally (shape, dtype, NaN pattern), else null; the whole column
+    is null when no row has a message."""
 
     @model_validator(mode="after")
     def _same_length(self) -> "ComparisonTable":
-        lengths = {name: len(getattr(self, name)) for name in type(self).model_fields}
+        lengths = {name: len(getattr(self, name)) for name in type(self).model_fields
+                   if getattr(self, name) is not None}
         if len(set(lengths.values())) != 1:
             raise ValueError(f"columns of unequal length: {lengths}")
         return self
@@ -200,18 +256,15 @@ class Cell(_Model):
     """Errors against the oracle used for the verdict (with the divergences' options, if any); null if none."""
     canonical_comparisons: ComparisonTable | None
     """Errors against the canonical oracle, recorded when a divergence changed the oracle; else null."""
+    trajectories: list[Trajectory]
+    """The adapter's running statistics per step (what the plots draw against ``CaseInfo.oracle``)."""
+    oracle_trajectories: list[Trajectory]
+    """The oracle with the cell's documented divergences, per observable where it differs from the
+    canonical one (``CaseInfo.oracle``); empty otherwise (drawn dashed)."""
     not_observed: list[str]
     """Observables this adapter cannot read back."""
-    framework_version: str
-    """Version of the framework that ran the cell."""
-    device: str
-    """Device it ran on: ``cpu`` or e.g. ``cuda``."""
-    env: str
-    """tox env that produced the record (``local`` outside tox)."""
-    python: str
-    """Python version."""
-    platform: str
-    """``sys.platform-machine``, e.g. ``linux-x86_64``."""
+    run: int
+    """Index into ``ReportData.runs``: env, framework version, python, platform and device of the record."""
     timestamp: str
     """ISO 8601 time the record was written."""
     duration_s: float | None
@@ -239,13 +292,14 @@ class ReportData(_Model):
     """Columns of the matrix, by framework, adapter name."""
     divergences: list[DivergenceInfo]
     """Every documented divergence any cell shows, once each."""
+    runs: list[RunInfo]
+    """Every distinct (env, framework version, python, platform, device) of the records, once each."""
+    observables: list[str]
+    """Observable names the comparison tables refer to by index."""
     cells: list[Cell]
     """Ordered by case, then adapter; matrix cells point here with ``data-i``."""
     glyphs: dict[Verdict, str]
     """One glyph per verdict (the matrix reads without colour too)."""
     plots_note: str | None
-    """Why there are no plots (switched off, matplotlib missing); null when plots were drawn."""
-
-
-#: ``#bn-figs``: ``{str(index into ReportData.cases): base64 of that case's SVG figure}``.
-FIGURES = TypeAdapter(dict[str, str])
+    """Why there are no plots (switched off with ``--no-plots``: no trajectories embedded, no plotting
+    library inlined); null when the page draws them."""
