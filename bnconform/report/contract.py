@@ -80,12 +80,14 @@ class Trajectory(_Model):
     """How many channels the observable has (only the first ``PLOT_CHANNELS`` are in ``value``)."""
     step: list[int]
     """Step indices, increasing."""
-    value: list[list[float | None]]
-    """One list of channel values per step index."""
+    value: list[list[float | None]] | None
+    """One list of channel values per step index; null in :attr:`Cell.trajectories` when they equal the
+    case's canonical oracle (:attr:`CaseInfo.oracle`, same steps) at this precision: the plot draws the
+    adapter's points there."""
 
     @model_validator(mode="after")
     def _one_value_per_step(self) -> "Trajectory":
-        if len(self.step) != len(self.value):
+        if self.value is not None and len(self.step) != len(self.value):
             raise ValueError(f"{len(self.step)} steps but {len(self.value)} values")
         return self
 
@@ -186,7 +188,7 @@ class ComparisonTable(_Model):
     """Step index of the case's program (0-based); its operation is ``CaseInfo.steps[step]``."""
     observable: list[int]
     """Index into ``ReportData.observables`` (``output``, ``running_var``, ``grad_input``, ...)."""
-    passed: list[bool] | None
+    passed: list[bool] | None = None
     """Whether every element was within tolerance (and the structure matched); the whole column is null
     when every row passed."""
     max_abs_err: list[float | None]
@@ -198,7 +200,7 @@ class ComparisonTable(_Model):
     ratio: list[float | None]
     """Largest error/tolerance over the elements (<= 1 passes; the headroom shown is 1/ratio); null when
     not finite."""
-    message: list[str | None] | None
+    message: list[str | None] | None = None
     """Why the comparison failed structurally (shape, dtype, NaN pattern), else null; the whole column
     is null when no row has a message."""
 
@@ -240,7 +242,12 @@ class BaselineCell(_Model):
 
 
 class Cell(_Model):
-    """One (case, adapter) cell: what its drill-down shows."""
+    """One (case, adapter) cell: what its drill-down shows.
+
+    A field equal to its default (null, ``[]``) is left out of the embedded JSON
+    (most cells have no reason, divergence, mark or baseline change); the page
+    fills it in from ``ReportData.cell_defaults``.
+    """
 
     case: int
     """Index into ``ReportData.cases``."""
@@ -248,43 +255,43 @@ class Cell(_Model):
     """Index into ``ReportData.adapters``."""
     verdict: Verdict
     """The cell's verdict (``conforms``, ``quirk``, ``known_bug``, ``fails``, ``unsupported``, ``error``)."""
-    reason: str | None
+    reason: str | None = None
     """Error message, unsupported reason or why it fails; null when none."""
-    divergences: list[int]
+    divergences: list[int] = []
     """Indices into ``ReportData.divergences``: the documented divergences shown."""
-    comparisons: ComparisonTable | None
+    comparisons: ComparisonTable | None = None
     """Errors against the oracle used for the verdict (with the divergences' options, if any); null if none."""
-    canonical_comparisons: ComparisonTable | None
+    canonical_comparisons: ComparisonTable | None = None
     """Errors against the canonical oracle, recorded when a divergence changed the oracle; else null."""
-    trajectories: list[Trajectory]
+    trajectories: list[Trajectory] = []
     """The adapter's running statistics per step (what the plots draw against ``CaseInfo.oracle``)."""
-    oracle_trajectories: list[Trajectory]
+    oracle_trajectories: list[Trajectory] = []
     """The oracle with the cell's documented divergences, per observable where it differs from the
     canonical one (``CaseInfo.oracle``); empty otherwise (drawn dashed)."""
-    not_observed: list[str]
+    not_observed: list[str] = []
     """Observables this adapter cannot read back."""
     run: int
     """Index into ``ReportData.runs``: env, framework version, python, platform and device of the record."""
     timestamp: str
     """ISO 8601 time the record was written."""
-    duration_s: float | None
+    duration_s: float | None = None
     """Seconds the cell took (3 significant digits)."""
-    nodeid: str | None
+    nodeid: str | None = None
     """pytest node id of the cell."""
-    rerun: str | None
+    rerun: str | None = None
     """Shell command that reruns the cell (:func:`bnconform.report.data.rerun_command`)."""
-    mark: Literal["duplicate", "conflict"] | None
+    mark: Literal["duplicate", "conflict"] | None = None
     """Set when other shards reported the cell too (see ``others``)."""
-    others: list[OtherRecord]
+    others: list[OtherRecord] = []
     """The other shards' records of this cell (empty unless ``mark`` is set)."""
-    baseline: BaselineCell | None
+    baseline: BaselineCell | None = None
     """Set only when a baseline was given and the cell changed against it or is new there."""
 
 
 class ReportData(_Model):
     """The ``#bn-data`` block: everything the drill-down shows."""
 
-    contract: Literal[1] = CONTRACT_VERSION
+    contract: Literal[2] = CONTRACT_VERSION
     """Version of this contract (bumped on an incompatible change)."""
     cases: list[CaseInfo]
     """Rows of the matrix, by theme, case file, case id."""
@@ -300,6 +307,20 @@ class ReportData(_Model):
     """Ordered by case, then adapter; matrix cells point here with ``data-i``."""
     glyphs: dict[Verdict, str]
     """One glyph per verdict (the matrix reads without colour too)."""
+    cell_defaults: dict[str, Any]
+    """The default of every :class:`Cell` field that has one: what a field left out of a cell means."""
     plots_note: str | None
     """Why there are no plots (switched off with ``--no-plots``: no trajectories embedded, no plotting
     library inlined); null when the page draws them."""
+
+
+def cell_defaults() -> dict[str, Any]:
+    """``ReportData.cell_defaults``: field name -> default of every :class:`Cell` field that has one (JSON values)."""
+    return {name: f.default for name, f in Cell.model_fields.items() if not f.is_required()}
+
+
+def dump_data(data: ReportData) -> dict[str, Any]:
+    """``data`` as the JSON types embedded in the page: cells without the fields equal to their defaults."""
+    out = data.model_dump(mode="json", exclude={"cells"})
+    out["cells"] = [c.model_dump(mode="json", exclude_defaults=True) for c in data.cells]
+    return out

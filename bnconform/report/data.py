@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from ..results import ResultRecord
 from ..resultset import Diff, Merged, divergence_ids
 from .contract import (PLOT_CHANNELS, PLOT_DIGITS, AdapterInfo, BaselineCell, CaseInfo, Cell, ComparisonTable,
-                       DivergenceInfo, OtherRecord, ReportData, RunInfo, Source, Trajectory)
+                       DivergenceInfo, OtherRecord, ReportData, RunInfo, Source, Trajectory, cell_defaults)
 
 #: One glyph per verdict so the matrix reads without colour too.
 GLYPHS = {"conforms": "\u2713", "quirk": "Q", "known_bug": "B", "fails": "\u2717",
@@ -231,7 +231,8 @@ def build_data(merged: Merged, layout: Layout, baseline_diff: Diff | None = None
         run = run_index.setdefault((r.env, r.framework_version, r.python, r.platform, r.device), len(run_index))
         trajectories, alt = [], []
         if plots:
-            trajectories = _trajectory_models(_trajectories(r.comparisons, "actual"))
+            trajectories = [t if t not in oracle_plots.get(r.case_id, []) else t.model_copy(update={"value": None})
+                            for t in _trajectory_models(_trajectories(r.comparisons, "actual"))]
             if r.canonical_comparisons:  # compared against the oracle with the cell's divergences
                 alt = [t for t in _trajectory_models(_trajectories(r.comparisons, "expected"))
                        if t not in oracle_plots.get(r.case_id, [])]
@@ -262,4 +263,5 @@ def build_data(merged: Merged, layout: Layout, baseline_diff: Diff | None = None
         divergences=divs,
         runs=[RunInfo(env=e, framework_version=v, python=py, platform=pl, device=dev)
               for e, v, py, pl, dev in run_index],
-        observables=observables, cells=cells, glyphs=GLYPHS, plots_note=plots_note)
+        observables=observables, cells=cells, glyphs=GLYPHS, cell_defaults=cell_defaults(),
+        plots_note=plots_note)

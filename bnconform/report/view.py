@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ..results import VERDICTS, ResultRecord
 from ..resultset import Diff, Merged, divergence_ids
+from .contract import dump_data
 from .data import GLYPHS, Layout, build_data, safe_url
 
 #: Worst first: the colour a group of cells takes in the summary views.
@@ -212,7 +213,7 @@ def build_context(merged: Merged, title: str = "bnconform parity report", baseli
         "themes": themes,
         "by_source": by_source,
         "questions": _questions(merged, layout, by_source),
-        "data": data.model_dump(mode="json"),
+        "data": dump_data(data),
         "plots": plots_note is None,
         "duplicates": merged.duplicates,
         "conflicts": merged.conflicts,
