@@ -141,9 +141,11 @@ def _trajectories(cmps: list[dict], field: str) -> dict[str, dict[int, list]]:
     """``{observable: {step: channel values}}`` of ``field`` (``actual`` or ``expected``) of the running statistics."""
     out: dict[str, dict[int, list]] = {}
     for c in cmps:
-        obs, step, v = c.get("observable"), c.get("step"), _channels(c.get(field))
-        if obs in TRAJECTORY_OBSERVABLES and isinstance(step, int) and v is not None:
-            out.setdefault(obs, {}).setdefault(step, v)
+        obs, step = c.get("observable"), c.get("step")
+        if obs in TRAJECTORY_OBSERVABLES and isinstance(step, int):
+            v = _channels(c.get(field))
+            if v is not None:
+                out.setdefault(obs, {}).setdefault(step, v)
     return out
 
 
