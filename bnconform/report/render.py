@@ -38,7 +38,7 @@ def environment() -> Environment:
     """The Jinja2 environment of the report's templates (autoescape on for every template; ``tojson`` compact)."""
     env = Environment(loader=PackageLoader("bnconform", "templates"), autoescape=select_autoescape(default=True),
                       trim_blocks=True, lstrip_blocks=True)
-    env.policies["json.dumps_kwargs"] = {"separators": (",", ":"), "allow_nan": False}
+    env.policies["json.dumps_kwargs"] = {"separators": (",", ":")}
     return env
 
 
