@@ -190,7 +190,7 @@ class ComparisonTable(_Model):
     """Index into ``ReportData.observables`` (``output``, ``running_var``, ``grad_input``, ...)."""
     passed: list[bool] | None = None
     """Whether every element was within tolerance (and the structure matched); the whole column is null
-    when every row passed."""
+    (left out of the JSON) when every row passed."""
     max_abs_err: list[float | None]
     """Largest absolute error."""
     max_rel_err: list[float | None]
@@ -202,7 +202,7 @@ class ComparisonTable(_Model):
     not finite."""
     message: list[str | None] | None = None
     """Why the comparison failed structurally (shape, dtype, NaN pattern), else null; the whole column
-    is null when no row has a message."""
+    is null (left out of the JSON) when no row has a message."""
 
     @model_validator(mode="after")
     def _same_length(self) -> "ComparisonTable":
