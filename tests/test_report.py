@@ -344,11 +344,12 @@ def test_vendored_files_can_be_inlined_and_a_bad_one_is_refused(tmp_path, monkey
         assert render_mod.vendored(name) == (vendor / name).read_text(encoding="utf-8")
     assert render_mod.vendored("uPlot.LICENSE", in_comment=True).startswith("The MIT License")
     # a file that would end its <script> element (or the comment it sits in) is refused
-    bad = tmp_path / "templates" / "vendor"
+    from jinja2 import Environment, FileSystemLoader
+    bad = tmp_path / "vendor"
     bad.mkdir(parents=True)
     (bad / "x.js").write_text("var a = '</SCRIPT><script>alert(1)';")
     (bad / "l.txt").write_text("licence */ alert(1) /*")
-    monkeypatch.setattr(render_mod.resources, "files", lambda _pkg: tmp_path)
+    monkeypatch.setattr(render_mod, "environment", lambda: Environment(loader=FileSystemLoader(tmp_path)))
     render_mod.vendored.cache_clear()
     try:
         with pytest.raises(ValueError, match="cannot be inlined"):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import re
-from importlib import resources
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
@@ -46,12 +45,13 @@ def environment() -> Environment:
 def vendored(name: str, in_comment: bool = False) -> Markup:
     """The text of ``bnconform/templates/vendor/<name>``, marked safe for inlining in ``<script>``/``<style>``.
 
-    Raises ``FileNotFoundError`` if the file is not installed with the package and
+    Raises ``jinja2.TemplateNotFound`` if the file is not installed with the package and
     ``ValueError`` if it contains ``</script``, ``</style`` or ``<!--`` (which would
     end the element it is inlined in), or ``*/`` when ``in_comment`` (it goes
     inside a ``/* */`` comment).
     """
-    text = resources.files("bnconform").joinpath("templates").joinpath("vendor").joinpath(name).read_text(encoding="utf-8")
+    env = environment()
+    text, _, _ = env.loader.get_source(env, f"vendor/{name}")  # found as the templates are; read, not parsed
     bad = (_UNSAFE_IN_COMMENT if in_comment else _UNSAFE_INLINE).search(text)
     if bad:
         raise ValueError(f"vendor/{name} cannot be inlined: it contains {bad.group(0)!r} at offset {bad.start()}")
