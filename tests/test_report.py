@@ -227,8 +227,8 @@ def test_embedded_data_validates_against_the_contract(html):
     assert len(data.cells) == 12 and len(data.adapters) == 3 and len(data.cases) == 5
     by_cell = {(data.cases[c.case].id, data.adapters[c.adapter].name): c for c in data.cells}
     # every matrix cell points at its data by index (data-i), with the same verdict
-    tds = re.findall(r'<td class="c [^"]*" data-i="(\d+)" data-v="([a-z_]+)"', html)
-    assert len(tds) >= 24 and all(data.cells[int(i)].verdict == v for i, v in tds)
+    tds = re.findall(r'<td class="c v-([a-z_]+)[^"]*" data-i="(\d+)"', html)
+    assert len(tds) >= 24 and all(data.cells[int(i)].verdict == v for v, i in tds)
     quirk = by_cell[("ema-3steps", "fw_y.BN")]
     assert quirk.verdict == "quirk" and data.divergences[quirk.divergences[0]].id == "biased-running-var"
     table = quirk.comparisons
@@ -267,12 +267,28 @@ def test_plot_data_is_embedded_once(html):
     assert [(t.observable, t.value) for t in conforming.trajectories] == [("running_mean", None), ("running_var", None)]
     assert conforming.oracle_trajectories == []
     quirk = by_cell[("ema-3steps", "fw_y.BN")]
-    actual = {t.observable: t.value for t in quirk.trajectories}
-    assert actual["running_mean"] is None and actual["running_var"][0] == [0.9, 0.81]  # biased: 0.9x
     (alt,) = quirk.oracle_trajectories  # running_mean's divergent oracle is the canonical one: left out
-    assert alt.observable == "running_var" and alt.value[0] == [0.9, 0.81]
+    assert alt.observable == "running_var" and alt.value[0] == [0.9, 0.81]  # biased: 0.9x
+    # the adapter's values are those of the oracle it was judged against (running_var: the divergent one)
+    assert {t.observable: t.value for t in quirk.trajectories} == {"running_mean": None, "running_var": None}
     assert by_cell[("fp16-train", "fw_x.functional")].trajectories == []  # compares no running statistics
     assert "data:image" not in html and "base64" not in html and "<img" not in html
+
+
+def test_what_the_page_can_compose_is_not_sent():
+    """A quirk's reason starts with its divergences' summaries (in the data already); the standard rerun
+    command is the env and the node id (both in the data)."""
+    from bnconform.report.data import _reason, _rerun
+    d = {"id": "biased-var", "kind": "quirk", "summary": "biased running variance"}
+    r = rec(verdict="known_bug", divergences=[d, {**d, "id": "x"}], env="torch", nodeid="cases/x.yaml::c[a]",
+            reason="biased-var: biased running variance; x: biased running variance — error 3x the tolerance")
+    assert _reason(r) == {"reason": " — error 3x the tolerance", "reason_cites_divergences": True}
+    assert _reason(r.model_copy(update={"reason": "other text"})) == {"reason": "other text"}
+    assert _reason(rec(verdict="error", reason="boom")) == {"reason": "boom"}
+    assert _rerun(r) is None  # tox -e torch -- "cases/x.yaml::c[a]": the page composes it
+    for update in ({"env": "local"}, {"plugin_adapter": "pkg.mod:Cls"}, {"nodeid": 'cases/x.yaml::c["$HOME"]'}):
+        other = r.model_copy(update=update)
+        assert _rerun(other) == report.rerun_command(other) is not None
 
 
 def test_contract_rejects_unknown_fields_and_ragged_comparison_tables():

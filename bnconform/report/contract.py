@@ -81,8 +81,9 @@ class Trajectory(_Model):
     step: list[int]
     """Step indices, increasing."""
     value: list[list[float | None]] | None
-    """One list of channel values per step index; null in :attr:`Cell.trajectories` when they equal the
-    case's canonical oracle (:attr:`CaseInfo.oracle`, same steps) at this precision: the plot draws the
+    """One list of channel values per step index; null in :attr:`Cell.trajectories` when they equal (same
+    steps, this precision) the oracle the cell was judged against: its ``oracle_trajectories`` entry for
+    the observable if it has one, else the case's canonical :attr:`CaseInfo.oracle`. The plot draws the
     adapter's points there."""
 
     @model_validator(mode="after")
@@ -256,7 +257,11 @@ class Cell(_Model):
     verdict: Verdict
     """The cell's verdict (``conforms``, ``quirk``, ``known_bug``, ``fails``, ``unsupported``, ``error``)."""
     reason: str | None = None
-    """Error message, unsupported reason or why it fails; null when none."""
+    """Error message, unsupported reason or why it fails; null when none. With
+    ``reason_cites_divergences``, only what follows the divergences' list (below)."""
+    reason_cites_divergences: bool = False
+    """True: the recorded reason is the ``id: summary`` of each of ``divergences``, joined by ``"; "``,
+    followed by ``reason`` (a quirk's or known bug's reason; the page puts it back together)."""
     divergences: list[int] = []
     """Indices into ``ReportData.divergences``: the documented divergences shown."""
     comparisons: ComparisonTable | None = None
@@ -279,7 +284,9 @@ class Cell(_Model):
     nodeid: str | None = None
     """pytest node id of the cell."""
     rerun: str | None = None
-    """Shell command that reruns the cell (:func:`bnconform.report.data.rerun_command`)."""
+    """Shell command that reruns the cell (:func:`bnconform.report.data.rerun_command`); null when there is
+    no ``nodeid`` or when the command is ``tox -e ENV -- "NODEID"`` with the cell's env and node id (the page
+    composes it)."""
     mark: Literal["duplicate", "conflict"] | None = None
     """Set when other shards reported the cell too (see ``others``)."""
     others: list[OtherRecord] = []

@@ -161,6 +161,22 @@ def _trajectory_models(per_obs: dict[str, dict[int, list]]) -> list[Trajectory]:
     return out
 
 
+def _reason(r: ResultRecord) -> dict:
+    """``reason`` (and ``reason_cites_divergences``) of a cell: a quirk's or known bug's recorded reason
+    starts with its divergences' ``id: summary`` list, which the page already has: only the rest is sent."""
+    cited = "; ".join(f"{d.get('id')}: {d.get('summary')}" for d in r.divergences)
+    if (r.reason and r.divergences and r.reason.startswith(cited)
+            and all(isinstance(d.get("id"), str) and isinstance(d.get("summary"), str) for d in r.divergences)):
+        return {"reason": r.reason[len(cited):] or None, "reason_cites_divergences": True}
+    return {"reason": r.reason}
+
+
+def _rerun(r: ResultRecord) -> str | None:
+    """:func:`rerun_command`, or None when the page composes the same text from the env and the node id."""
+    cmd = rerun_command(r)
+    return None if r.nodeid and cmd == f'tox -e {r.env} -- "{r.nodeid}"' else cmd
+
+
 def _divergence_info(d: dict) -> DivergenceInfo:
     return DivergenceInfo(
         id=_text(d.get("id")), kind=_text(d.get("kind")), summary=_text(d.get("summary")),
@@ -233,23 +249,24 @@ def build_data(merged: Merged, layout: Layout, baseline_diff: Diff | None = None
         run = run_index.setdefault((r.env, r.framework_version, r.python, r.platform, r.device), len(run_index))
         trajectories, alt = [], []
         if plots:
-            trajectories = [t if t not in oracle_plots.get(r.case_id, []) else t.model_copy(update={"value": None})
-                            for t in _trajectory_models(_trajectories(r.comparisons, "actual"))]
             if r.canonical_comparisons:  # compared against the oracle with the cell's divergences
                 alt = [t for t in _trajectory_models(_trajectories(r.comparisons, "expected"))
                        if t not in oracle_plots.get(r.case_id, [])]
+            judged = {t.observable: t for t in oracle_plots.get(r.case_id, [])} | {t.observable: t for t in alt}
+            trajectories = [t.model_copy(update={"value": None}) if judged.get(t.observable) == t else t
+                            for t in _trajectory_models(_trajectories(r.comparisons, "actual"))]
         ch = changes.get(key)
         baseline = (BaselineCell(verdict=ch.old_verdict, divergences=list(ch.old_divergences),
                                  framework_version=ch.old_version) if ch
                     else BaselineCell(verdict=None, divergences=[], framework_version=None) if key in added
                     else None)
         cells.append(Cell(
-            case=case_index[r.case_id], adapter=col_index[r.adapter], verdict=r.verdict, reason=r.reason,
+            case=case_index[r.case_id], adapter=col_index[r.adapter], verdict=r.verdict, **_reason(r),
             divergences=ids, comparisons=_comparison_table(r.comparisons, obs_index),
             canonical_comparisons=_comparison_table(r.canonical_comparisons, obs_index),
             trajectories=trajectories, oracle_trajectories=alt, not_observed=r.not_observed, run=run,
             timestamp=r.timestamp, duration_s=_num(r.duration_s, 3), nodeid=r.nodeid,
-            rerun=rerun_command(r), mark=marks.get(key), others=others.get(key, []), baseline=baseline))
+            rerun=_rerun(r), mark=marks.get(key), others=others.get(key, []), baseline=baseline))
 
     def steps(case_id: str) -> list[str]:
         ops = case_steps.get(case_id, {})
