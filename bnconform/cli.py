@@ -49,12 +49,10 @@ from .report import run_notices, write_report
 def _report(args) -> int:
     try:
         merged, base_diff = write_report(args.paths, args.out, args.summary, baseline=args.baseline,
-                                         plots=not args.no_plots, figure_cache=args.figure_cache)
+                                         plots=not args.no_plots)
     except FileNotFoundError as exc:
         print(f"bnconform report: {exc}", file=sys.stderr)
         return 2
-    if not args.no_plots and importlib.util.find_spec("matplotlib") is None:
-        print("bnconform report: matplotlib is not installed: the report has no plots", file=sys.stderr)
     for bad in merged.bad_lines:
         print(f"bnconform report: skipped {bad}", file=sys.stderr)
     for notice in run_notices(merged):
@@ -191,9 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", nargs="+", action="extend", default=None, metavar="OLD",
                    help="older results files/directories: show every cell whose verdict or divergence set changed, "
                         "and new/removed cases and adapters")
-    p.add_argument("--no-plots", action="store_true", help="skip the matplotlib figures (faster)")
-    p.add_argument("--figure-cache", default=None, metavar="DIR",
-                   help="where rendered figures are cached (default: ~/.cache/bnconform/figures)")
+    p.add_argument("--no-plots", action="store_true",
+                   help="no plots in the drill-down: leaves the plotted running statistics and the inlined "
+                        "plotting library out of the page (smaller)")
     p.set_defaults(func=_report)
     p = sub.add_parser("validate", help="validate catalogue files")
     p.add_argument("paths", nargs="*", help="files or directories (default: the built-in catalogue and expectations)")

@@ -1,11 +1,10 @@
-"""Report: merging shards, baseline diff, summary, escaping, the page's data contract, figures, CLI.
+"""Report: merging shards, baseline diff, summary, escaping, the page's data contract, plot data, size, CLI.
 
 Fixtures: tests/data/report/{current,baseline}/*.jsonl (hand-written; see make_fixtures.py there).
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import subprocess
@@ -19,8 +18,8 @@ from pydantic import ValidationError
 from bnconform import report
 from bnconform.cli import main
 from bnconform.report import diff, load_and_merge, merge, render, source_groups, summary
-from bnconform.report.contract import (FIGURES, AdapterInfo, BaselineCell, CaseInfo, Cell, ComparisonTable,
-                                       DivergenceInfo, OtherRecord, ReportData, Source)
+from bnconform.report.contract import (AdapterInfo, BaselineCell, CaseInfo, Cell, ComparisonTable, DivergenceInfo,
+                                       OtherRecord, ReportData, RunInfo, Source, Trajectory)
 from bnconform.results import ResultRecord
 
 DATA = Path(__file__).parent / "data" / "report"
@@ -190,7 +189,7 @@ def test_html_is_self_contained(html):
 
 
 def test_html_escapes_markup_from_results(html):
-    # exactly three script elements: the JSON data, the figures and the app; none from the data
+    # exactly three script elements: the JSON data, the plotting library and the app; none from the data
     assert len(re.findall(r"(?i)<script", html)) == 3
     assert "window.__pwned" in html  # the text is there ...
     for raw in ("<script>window", "<img src=x", "<b>bold?</b>", 'href="javascript:'):
@@ -216,7 +215,7 @@ def test_html_has_header_matrix_views_and_merge_problems(html, current):
 APP_JS = Path(report.__file__).resolve().parents[1] / "templates" / "app.js.j2"
 #: app.js.j2's names for data objects (its header comment) -> the contract model they hold.
 JS_NAMES = {"D": ReportData, "cell": Cell, "cs": CaseInfo, "ad": AdapterInfo, "dv": DivergenceInfo, "src": Source,
-            "other": OtherRecord, "was": BaselineCell, "row": ComparisonTable}
+            "other": OtherRecord, "was": BaselineCell, "row": ComparisonTable, "run": RunInfo, "traj": Trajectory}
 
 
 def _embedded(html: str, block: str):
@@ -228,37 +227,80 @@ def test_embedded_data_validates_against_the_contract(html):
     assert len(data.cells) == 12 and len(data.adapters) == 3 and len(data.cases) == 5
     by_cell = {(data.cases[c.case].id, data.adapters[c.adapter].name): c for c in data.cells}
     # every matrix cell points at its data by index (data-i), with the same verdict
-    tds = re.findall(r'<td class="c [^"]*" data-i="(\d+)" data-v="([a-z_]+)"', html)
-    assert len(tds) >= 24 and all(data.cells[int(i)].verdict == v for i, v in tds)
+    tds = re.findall(r'<td class="c v-([a-z_]+)[^"]*" data-i="(\d+)"', html)
+    assert len(tds) >= 24 and all(data.cells[int(i)].verdict == v for v, i in tds)
     quirk = by_cell[("ema-3steps", "fw_y.BN")]
     assert quirk.verdict == "quirk" and data.divergences[quirk.divergences[0]].id == "biased-running-var"
     table = quirk.comparisons
-    assert table.step == [0, 0, 1, 1, 2, 2] and table.observable[:2] == ["running_mean", "running_var"]
-    assert all(table.passed) and not all(quirk.canonical_comparisons.passed)
+    assert table.step == [0, 0, 1, 1, 2, 2]
+    assert [data.observables[k] for k in table.observable[:2]] == ["running_mean", "running_var"]
+    assert table.passed is None and not all(quirk.canonical_comparisons.passed)  # null: every row passed
+    ema = data.cases[quirk.case]
+    assert ema.steps == ["forward(train)"] * 3  # each step's operation once per case, not per row
+    assert data.runs[quirk.run] == RunInfo(env="fw_y", framework_version="2.3", python="3.11.7",
+                                           platform="linux-x86_64", device="cpu")
     assert quirk.baseline == BaselineCell(verdict="conforms", divergences=[], framework_version="2.2")
     assert by_cell[("eval-uses-running", "fw_x.functional")].baseline.verdict is None  # new cell
     conflict = by_cell[("nhwc-train", "fw_x.BatchNorm")]
     assert conflict.mark == "conflict" and [o.verdict for o in conflict.others] == ["conforms"]
     assert by_cell[("eval-uses-running", "fw_y.BN")].comparisons is None
-    assert FIGURES.validate_python(_embedded(html, "bn-figs")) == {}
 
 
-def test_embedded_figures_validate_against_the_contract(current):
-    figs = {"ema-3steps": "<svg>a</svg>", "not-a-case": "<svg>b</svg>"}
-    html = render(current, figures=figs)
-    blocks = FIGURES.validate_python(_embedded(html, "bn-figs"))
+def test_cells_leave_out_fields_equal_to_their_defaults(html):
+    raw = _embedded(html, "bn-data")
+    unsupported = next(c for c in raw["cells"] if c["verdict"] == "unsupported")
+    assert "baseline" not in unsupported and "comparisons" not in unsupported and "reason" in unsupported
+    assert raw["cell_defaults"]["divergences"] == [] and raw["cell_defaults"]["comparisons"] is None
+    assert set(raw["cell_defaults"]) == {n for n, f in Cell.model_fields.items() if not f.is_required()}
+
+
+def test_plot_data_is_embedded_once(html):
+    """The canonical oracle once per case; an adapter's values only where they differ from it at the
+    plotted precision; the divergent oracle only where it differs; no image in the page."""
     data = ReportData.model_validate(_embedded(html, "bn-data"))
-    (index, svg), = blocks.items()  # keyed by case index; figures of unknown cases are dropped
-    assert data.cases[int(index)].id == "ema-3steps" and base64.b64decode(svg) == b"<svg>a</svg>"
+    by_cell = {(data.cases[c.case].id, data.adapters[c.adapter].name): c for c in data.cells}
+    ema = next(c for c in data.cases if c.id == "ema-3steps")
+    oracle = {t.observable: t for t in ema.oracle}
+    assert set(oracle) == {"running_mean", "running_var"} and oracle["running_var"].step == [0, 1, 2]
+    assert oracle["running_var"].value[0] == [1.0, 0.9] and oracle["running_var"].channels == 2
+    conforming = by_cell[("ema-3steps", "fw_x.BatchNorm")]  # off by 1e-8: the oracle's values at 4 digits
+    assert [(t.observable, t.value) for t in conforming.trajectories] == [("running_mean", None), ("running_var", None)]
+    assert conforming.oracle_trajectories == []
+    quirk = by_cell[("ema-3steps", "fw_y.BN")]
+    (alt,) = quirk.oracle_trajectories  # running_mean's divergent oracle is the canonical one: left out
+    assert alt.observable == "running_var" and alt.value[0] == [0.9, 0.81]  # biased: 0.9x
+    # the adapter's values are those of the oracle it was judged against (running_var: the divergent one)
+    assert {t.observable: t.value for t in quirk.trajectories} == {"running_mean": None, "running_var": None}
+    assert by_cell[("fp16-train", "fw_x.functional")].trajectories == []  # compares no running statistics
+    assert "data:image" not in html and "base64" not in html and "<img" not in html
+
+
+def test_what_the_page_can_compose_is_not_sent():
+    """A quirk's reason starts with its divergences' summaries (in the data already); the standard rerun
+    command is the env and the node id (both in the data)."""
+    from bnconform.report.data import _reason, _rerun
+    d = {"id": "biased-var", "kind": "quirk", "summary": "biased running variance"}
+    r = rec(verdict="known_bug", divergences=[d, {**d, "id": "x"}], env="torch", nodeid="cases/x.yaml::c[a]",
+            reason="biased-var: biased running variance; x: biased running variance — error 3x the tolerance")
+    assert _reason(r) == {"reason": " — error 3x the tolerance", "reason_cites_divergences": True}
+    assert _reason(r.model_copy(update={"reason": "other text"})) == {"reason": "other text"}
+    assert _reason(rec(verdict="error", reason="boom")) == {"reason": "boom"}
+    assert _rerun(r) is None  # tox -e torch -- "cases/x.yaml::c[a]": the page composes it
+    for update in ({"env": "local"}, {"plugin_adapter": "pkg.mod:Cls"}, {"nodeid": 'cases/x.yaml::c["$HOME"]'}):
+        other = r.model_copy(update=update)
+        assert _rerun(other) == report.rerun_command(other) is not None
 
 
 def test_contract_rejects_unknown_fields_and_ragged_comparison_tables():
     with pytest.raises(ValidationError, match="columns of unequal length"):
-        ComparisonTable(step=[0, 1], op=["f"], observable=["output"], passed=[True], max_abs_err=[0.0],
-                        max_rel_err=[0.0], tol_at_worst=[1.0], ratio=[0.0], headroom=[None], message=[None])
+        ComparisonTable(step=[0, 1], observable=[0], passed=[True], max_abs_err=[0.0], max_rel_err=[0.0],
+                        tol_at_worst=[1.0], ratio=[0.0])
+    with pytest.raises(ValidationError, match="2 steps but 1 values"):
+        Trajectory(observable="running_var", channels=1, step=[0, 1], value=[[1.0]])
     with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
         ReportData.model_validate({"cases": [], "adapters": [], "divergences": [], "cells": [], "glyphs": {},
-                                   "plots_note": None, "rows": []})
+                                   "runs": [], "observables": [], "cell_defaults": {}, "plots_note": None,
+                                   "rows": []})
 
 
 def test_every_contract_field_is_documented():
@@ -297,29 +339,92 @@ def test_cli_report_exit_codes(tmp_path):
     assert main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "x.html")]) == 2
 
 
-# ---------------------------------------------------------------- figures
+# ---------------------------------------------------------------- plots, vendored library, size
 
-def test_figures_are_svg_cached_and_embedded(tmp_path, current, monkeypatch):
-    pytest.importorskip("matplotlib")
-    figs = report.case_figures(current, tmp_path / "cache")
-    assert set(figs) == {"ema-3steps", "fp16-train"}  # only cases with numeric comparisons
-    svg = figs["ema-3steps"]
-    assert svg.startswith("<svg") and "running_var per step" in svg and "tolerance" in svg
-    assert len(list((tmp_path / "cache").glob("*.svg"))) == 2
-
-    def boom(_):
-        raise AssertionError("redrawn although cached")
-    monkeypatch.setattr(report.figures, "_render_figure", boom)
-    assert report.case_figures(current, tmp_path / "cache") == figs
-    html = render(current, figures=figs)
-    figs = json.loads(re.search(r'id="bn-figs">(.*?)</script>', html, re.S).group(1))
-    assert len(figs) == 2
+def test_no_plots_leaves_out_the_plot_data_and_the_library(current):
+    html = render(current, plots=False)
+    data = ReportData.model_validate(_embedded(html, "bn-data"))
+    assert data.plots_note and all(c.oracle == [] for c in data.cases)
+    assert all(c.trajectories == [] and c.oracle_trajectories == [] for c in data.cells)
+    assert 'id="uplot-js"' not in html and "Leon Sorokin" not in html and len(re.findall(r"(?i)<script", html)) == 2
+    with_plots = render(current)
+    assert 'id="uplot-js"' in with_plots and "Copyright (c) 2022 Leon Sorokin" in with_plots  # MIT notice kept
 
 
-def test_figure_text_from_results_cannot_close_the_script_element():
-    pytest.importorskip("matplotlib")
-    m = merge([rec(case="x", adapter="</script><script>alert(1)</script>",
-                   comparisons=[{"step": 0, "op": "forward(train)", "observable": "running_var", "passed": True,
-                                 "ratio": 0.5, "expected": [1.0, 2.0], "actual": [1.0, 2.0]}])])
-    svg = report.figures._render_figure(report.figures._figure_input("x", m.records))
-    assert "</script" not in svg.lower() and "&lt;/script&gt;" in svg
+def test_vendored_files_can_be_inlined_and_a_bad_one_is_refused(tmp_path, monkeypatch):
+    import importlib
+    render_mod = importlib.import_module("bnconform.report.render")  # the module (the package re-exports render())
+    vendor = Path(render_mod.__file__).resolve().parents[1] / "templates" / "vendor"
+    assert f"(v{render_mod.UPLOT_VERSION})" in (vendor / "uPlot.iife.min.js").read_text()[:200]
+    for name in ("uPlot.iife.min.js", "uPlot.min.css"):
+        assert render_mod.vendored(name) == (vendor / name).read_text(encoding="utf-8")
+    assert render_mod.vendored("uPlot.LICENSE", in_comment=True).startswith("The MIT License")
+    # a file that would end its <script> element (or the comment it sits in) is refused
+    from jinja2 import Environment, FileSystemLoader
+    bad = tmp_path / "vendor"
+    bad.mkdir(parents=True)
+    (bad / "x.js").write_text("var a = '</SCRIPT><script>alert(1)';")
+    (bad / "l.txt").write_text("licence */ alert(1) /*")
+    monkeypatch.setattr(render_mod, "environment", lambda: Environment(loader=FileSystemLoader(tmp_path)))
+    render_mod.vendored.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="cannot be inlined"):
+            render_mod.vendored("x.js")
+        with pytest.raises(ValueError, match="cannot be inlined"):
+            render_mod.vendored("l.txt", in_comment=True)
+        assert render_mod.vendored("l.txt") == "licence */ alert(1) /*"
+    finally:
+        render_mod.vendored.cache_clear()
+
+
+def _many_cells(n_cases: int, n_adapters: int) -> list[ResultRecord]:
+    """A synthetic matrix shaped like a real run (~17 comparisons per cell in the full matrix): 2 steps x 8
+    observables per cell, running statistics of 8 channels (a third of the adapters off the oracle at the
+    plotted precision), a node id and rerun command, varied errors."""
+    import random
+    rng = random.Random(n_cases * 1000 + n_adapters)
+    obs = ["output", "grad_input", "grad_weight", "grad_bias", "running_mean", "running_var", "weight", "bias"]
+    out = []
+    for c in range(n_cases):
+        for a in range(n_adapters):
+            cmps = []
+            for step in range(2):
+                for o in obs:
+                    err = rng.random() * 1e-6
+                    tol = 1e-5 * (1 + rng.random())
+                    row = {"step": step, "op": "forward(train)" if step < 1 else "forward(eval)", "observable": o,
+                           "passed": True, "max_abs_err": err, "max_rel_err": err * 3.3, "tol_at_worst": tol,
+                           "ratio": err / tol, "headroom": tol / err, "message": None}
+                    if o in ("running_mean", "running_var"):
+                        row["expected"] = [0.1 * (ch + 1) * (step + 1) for ch in range(8)]
+                        row["actual"] = [v * (1 + (a % 3) * 1e-3) for v in row["expected"]]
+                    cmps.append(row)
+            out.append(rec(case=f"case-{c:03d}-with-a-realistic-id", adapter=f"fw{a % 5}.BatchNorm[variant {a}]",
+                           framework=f"fw{a % 5}", env=f"env{a % 5}", comparisons=cmps,
+                           nodeid=f"cases/x.yaml::case-{c:03d}-with-a-realistic-id[fw{a % 5}.BatchNorm[variant {a}]]",
+                           timestamp="2026-01-02T03:04:05+00:00", duration_s=rng.random()))
+    return out
+
+
+def test_page_size_per_cell_fits_the_full_matrix_budget():
+    """The full matrix (~3,000 cells, every env) must fit in one 5 MB page: what one more cell costs,
+    measured between two synthetic matrices (so the fixed part, e.g. the inlined plotting library, cancels
+    out), must stay under 5 MB / 3,000 minus room for the fixed part. Prerendered images per case (the
+    report before uPlot: ~5 kB per cell) or the same numbers stored twice fail it."""
+    small = len(render(merge(_many_cells(10, 12))).encode("utf-8"))
+    large = len(render(merge(_many_cells(20, 24))).encode("utf-8"))
+    per_cell = (large - small) / (20 * 24 - 10 * 12)
+    assert per_cell < 1_600, f"{per_cell:.0f} bytes per cell: the full matrix would not fit in 5 MB"
+    fixed = small - per_cell * 10 * 12
+    assert fixed < 150_000, f"{fixed:.0f} bytes without any cell"
+    assert 3_000 * per_cell + fixed < 5_000_000
+
+
+def test_report_needs_no_matplotlib(tmp_path):
+    """The page draws its plots itself: writing a report imports no plotting library in Python."""
+    code = ("import sys; from bnconform.report import write_report; "
+            f"write_report([{str(CURRENT)!r}], {str(tmp_path / 'p.html')!r}); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'PIL')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]" and (tmp_path / "p.html").stat().st_size > 50_000

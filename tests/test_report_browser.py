@@ -1,14 +1,13 @@
 """End to end: the generated report in headless Chromium (selenium + chromedriver).
 
 Builds the report from tests/data/report (with a baseline and plots), checks the matrix, a filter,
-the search box, a drill-down, that markup in results stays text (no script runs), and saves
-reports/screenshot.png. Skips with the reason when Chromium, chromedriver or selenium is absent;
+the search box, a drill-down and its plots (uPlot canvases drawn from the embedded numbers), tooltips,
+that markup in results stays text (no script runs), and saves reports/screenshot.png. Skips with the reason when Chromium, chromedriver or selenium is absent;
 CI installs them (Debian: ``apt-get install -y chromium chromium-driver``; ``pip install selenium``).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -48,8 +47,7 @@ def page(tmp_path_factory):
     from selenium.webdriver.chrome.service import Service
 
     out = tmp_path_factory.mktemp("report") / "parity.html"
-    write_report([DATA / "current"], out, baseline=[DATA / "baseline"],
-                 figure_cache=tmp_path_factory.mktemp("figcache"))
+    write_report([DATA / "current"], out, baseline=[DATA / "baseline"])
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for flag in FLAGS:
@@ -69,6 +67,26 @@ def _visible_cases(driver, table="m-theme"):
     return driver.execute_script(
         "return Array.from(document.querySelectorAll('#' + arguments[0] + ' tr.case'))"
         ".filter(function (tr) { return !tr.hidden; }).map(function (tr) { return tr.dataset.case; });", table)
+
+
+def _plot_series(driver):
+    """{plot container id: its number of drawn series (uPlot's, without x)} of the open drill-down."""
+    return driver.execute_script(
+        "var out = {}; document.querySelectorAll('#drill .plot').forEach(function (p) {"
+        " if (p.querySelector('.uplot canvas')) out[p.id] = +p.getAttribute('data-series'); }); return out;")
+
+
+#: How many pixels of a canvas are not transparent.
+_INKED = ("var c = arguments[0], px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data, n = 0;"
+          "for (var k = 3; k < px.length; k += 4) if (px[k]) n++; return n;")
+
+
+def _cell_index(driver, case_id, adapter):
+    return driver.execute_script(
+        "var D = JSON.parse(document.getElementById('bn-data').textContent);"
+        "for (var i = 0; i < D.cells.length; i++) { var c = D.cells[i];"
+        " if (D.cases[c.case].id === arguments[0] && D.adapters[c.adapter].name === arguments[1]) return i; }",
+        case_id, adapter)
 
 
 def _severe_console_errors(driver):
@@ -149,11 +167,25 @@ def test_report_in_chromium(page):
     assert "headroom" in text and "running_var" in text and "2 forward(train)" in text
     assert 'tox -e fw_y -- "cases/training.yaml::ema-3steps[fw_y.BN]"' in text
     assert "000_seed.txt" in text
-    if importlib.util.find_spec("matplotlib"):
-        fig = d.find_element(By.CSS_SELECTOR, "#drill img.fig")
-        assert d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", fig) > 100
-    else:
-        assert "plots unavailable" in text
+    # plots drawn from the embedded numbers: one uPlot canvas each, sized, with pixels drawn, and the
+    # series the data implies: running_var = canonical oracle, the oracle with fw_y.BN's divergence and
+    # fw_y.BN's values, 2 channels each; running_mean: its divergent oracle is the canonical one (left out)
+    assert _plot_series(d) == {"plot-running_mean": 4, "plot-running_var": 6, "plot-ratio": 3 + 2}
+    for canvas in d.find_elements(By.CSS_SELECTOR, "#drill .plot canvas"):
+        assert canvas.size["width"] > 250 and canvas.size["height"] > 100
+        assert d.execute_script(_INKED, canvas) > 200, "blank plot"
+    assert "oracle with fw_y.BN's divergences" in d.find_element(By.ID, "plot-running_var").text
+    assert "tolerance (≤ 1 passes)" in d.find_element(By.ID, "plot-ratio").text
+    # every adapter of the case: + fw_x's two adapters' values (2 channels each)
+    d.find_element(By.ID, "plot-all").click()
+    assert _plot_series(d) == {"plot-running_mean": 8, "plot-running_var": 10, "plot-ratio": 5}
+    d.find_element(By.ID, "plot-all").click()
+    assert _plot_series(d)["plot-running_var"] == 6
+    # the tooltip comes from the data when the pointer reaches the cell
+    from selenium.webdriver.common.action_chains import ActionChains
+    quirk_td = d.find_element(By.CSS_SELECTOR, '#m-theme tr.case[data-case="ema-3steps"] td.c[data-v="quirk"]')
+    ActionChains(d).move_to_element(quirk_td).perform()
+    assert quirk_td.get_attribute("title") == "ema-3steps on fw_y.BN: quirk (was conforms)"
     # the comparison rows read by field name: against the canonical oracle (collapsed) running_var fails
     assert d.execute_script("return document.querySelectorAll('#drill details table.cmp tr.bad').length") == 3
     assert "duration\n0.01 s" in text and "framework\nfw_y 2.3" in text
@@ -162,7 +194,10 @@ def test_report_in_chromium(page):
     d.find_element(By.CSS_SELECTOR, '#m-theme tr.case[data-case="nhwc-train"] td.c.conflict').click()
     assert "Conflict: this cell was also reported by another shard" in drill.text
     assert "conflict: conforms (env fw_x, 1.0, darwin-arm64)" in drill.text
-    d.find_element(By.CSS_SELECTOR, '#m-theme tr.case[data-case="eval-uses-running"] td.c[data-fw="fw_x"][title*="functional"]').click()
+    functional = d.find_element(By.CSS_SELECTOR, '#m-theme tr.case[data-case="eval-uses-running"] td.c[data-i="%d"]'
+                                % _cell_index(d, "eval-uses-running", "fw_x.functional"))
+    functional.click()
+    assert functional.get_attribute("title") == "eval-uses-running on fw_x.functional: conforms"
     assert "New cell: not in the baseline." in drill.text and "fw_x.functional" in drill.text
     assert _severe_console_errors(d) == []
 

@@ -8,10 +8,10 @@ One job per module:
     the JSON the page script reads (pydantic models with every field documented);
 :mod:`.data`
     fills that contract from merged records (and the rerun command of a cell);
-:mod:`.figures`
-    matplotlib figures per case as inline SVG, cached on disk, drawn by a process pool;
 :mod:`.render`
-    Jinja2 rendering (autoescape on) of ``bnconform/templates``.
+    Jinja2 rendering (autoescape on) of ``bnconform/templates``, with the plotting
+    library (uPlot, ``templates/vendor/``) inlined: the page draws its plots from the
+    embedded numbers when a cell is drilled down.
 
 Merging and diffing are the results layer's (:mod:`bnconform.resultset`); the
 gate imports that, never this package. This module holds the entry point the
@@ -28,11 +28,10 @@ from ..results import FAILING
 from ..resultset import (  # noqa: F401  (re-exported for callers of the old location)
     CellChange, Diff, Merged, diff, divergence_ids, load_and_merge, merge, version_label)
 from .data import GLYPHS, rerun_command  # noqa: F401
-from .figures import case_figures, default_figure_cache
 from .render import render
 from .view import SEVERITY, build_context, run_notices, source_groups, worst  # noqa: F401
 
-__all__ = ["write_report", "render", "summary", "build_context", "case_figures", "default_figure_cache",
+__all__ = ["write_report", "render", "summary", "build_context",
            "rerun_command", "run_notices", "source_groups", "worst", "GLYPHS", "SEVERITY",
            # the results layer's, re-exported for callers of the old one-module report
            "CellChange", "Diff", "Merged", "diff", "divergence_ids", "load_and_merge", "merge", "version_label"]
@@ -57,29 +56,21 @@ def summary(merged: Merged, baseline_diff: Diff | None = None) -> dict:
 
 
 def write_report(paths: list[str | Path], out: str | Path, summary_path: str | Path | None = None,
-                 baseline: list[str | Path] | None = None, plots: bool = True,
-                 figure_cache: str | Path | None = None) -> tuple[Merged, Diff | None]:
+                 baseline: list[str | Path] | None = None, plots: bool = True) -> tuple[Merged, Diff | None]:
     """Read, merge, (diff), render; write the HTML (and the summary JSON if asked).
 
     ``paths``/``baseline``: result files or directories of ``*.jsonl``
-    (``FileNotFoundError`` if one does not exist). ``figure_cache`` defaults to
-    ``$XDG_CACHE_HOME/bnconform/figures`` (``~/.cache/...``). Without matplotlib
-    the report is written without plots and says why.
+    (``FileNotFoundError`` if one does not exist). ``plots``: embed the running
+    statistics and the plotting library so that the page draws each case's plots
+    (False: a smaller page without plots). Returns the merged results and the
+    diff against the baseline (None without one).
     """
     merged = load_and_merge(paths)
     base_diff = diff(load_and_merge(baseline), merged) if baseline else None
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    figures, note = None, "plots were switched off (--no-plots)"
-    if plots:
-        try:
-            figures = case_figures(merged, figure_cache if figure_cache is not None else default_figure_cache())
-            note = None
-        except ImportError as exc:  # matplotlib is an optional dependency of the report
-            note = f"plots unavailable: {exc} (pip install matplotlib)"
     label = ", ".join(map(str, baseline)) if baseline else None
-    out.write_text(render(merged, baseline_diff=base_diff, figures=figures, baseline_label=label, plots_note=note),
-                   encoding="utf-8")
+    out.write_text(render(merged, baseline_diff=base_diff, baseline_label=label, plots=plots), encoding="utf-8")
     if summary_path:
         Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
         Path(summary_path).write_text(json.dumps(summary(merged, base_diff), indent=2), encoding="utf-8")

@@ -1,16 +1,21 @@
 """The data contract between the report's Python side and its page script (``app.js.j2``).
 
-The page embeds two JSON blocks, each in a ``<script type="application/json">``
+The page embeds one JSON block in a ``<script type="application/json">``
 element (Jinja2's ``tojson``, which escapes ``<``, ``>``, ``&`` and ``'``):
 
 ``#bn-data``: one :class:`ReportData` object, parsed when the page loads. The
     matrix cells in the HTML carry ``data-i`` = the index of their
-    :class:`Cell` in ``ReportData.cells``; cells refer to cases, adapters and
-    divergences by index into ``cases``, ``adapters`` and ``divergences``
-    (each divergence is stored once however many cells show it).
-``#bn-figs``: :data:`FIGURES` = ``{str(case index): base64 of the case's SVG}``,
-    parsed on the first drill-down only; a case without numeric comparisons
-    has no entry.
+    :class:`Cell` in ``ReportData.cells``; cells refer to cases, adapters,
+    runs, observables and divergences by index into ``cases``, ``adapters``,
+    ``runs``, ``observables`` and ``divergences`` (each stored once however
+    many cells use it).
+
+The plots are drawn in the page (uPlot, inlined) from these numbers when a
+cell is drilled down: the running statistics per step from
+:attr:`CaseInfo.oracle` (canonical oracle, once per case),
+:attr:`Cell.trajectories` (the adapter) and :attr:`Cell.oracle_trajectories`
+(the oracle with the cell's divergences, only where it differs), the
+error/tolerance ratios from :attr:`Cell.comparisons`. No number is stored twice.
 
 The view model builds the data through these models (so a report that renders
 meets the contract) and the tests validate the embedded JSON of a rendered
@@ -19,8 +24,10 @@ makes any key not declared here a validation error, and a test checks that
 every field ``app.js.j2`` reads is declared (to add one: declare it here with
 its docstring, fill it in :mod:`.data`, read it in the script). Strings from
 results reach the page only as text (``textContent``); URLs only when they are
-http(s) (``*_url`` fields are null otherwise). Numbers are rounded to 4
-significant digits; a non-finite number is null.
+http(s) (``*_url`` fields are null otherwise). A non-finite number is null.
+Numbers are rounded to what the page shows: errors, tolerances and ratios to
+3 significant digits (the tables print 3), plotted values to
+:data:`PLOT_DIGITS`.
 
 Field names follow the result records (:class:`bnconform.results.ResultRecord`)
 where the value is the same. Comparisons are sent as a column table
@@ -33,11 +40,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from ..results import Verdict
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2
+#: Significant digits of plotted values (trajectories): a plot resolves ~1/300 of its range.
+PLOT_DIGITS = 4
+#: Channels whose running statistics are embedded and plotted per trajectory (the rest are counted).
+PLOT_CHANNELS = 4
 
 
 class _Model(BaseModel):
@@ -53,6 +64,33 @@ class Source(_Model):
     """http(s) URL, else null (never a ``javascript:`` link)."""
     file: str | None
     """Seed thread file name (``/work/shared/seeds/*.txt``), if the source is one."""
+
+
+class Trajectory(_Model):
+    """Values of one per-channel observable after each step (a plotted trajectory).
+
+    ``value[k]`` is the observable after step ``step[k]``: its first
+    :data:`PLOT_CHANNELS` channels, rounded to :data:`PLOT_DIGITS` significant digits,
+    null where not finite.
+    """
+
+    observable: Literal["running_mean", "running_var"]
+    """The observable (one value per channel)."""
+    channels: int
+    """How many channels the observable has (only the first ``PLOT_CHANNELS`` are in ``value``)."""
+    step: list[int]
+    """Step indices, increasing."""
+    value: list[list[float | None]] | None
+    """One list of channel values per step index; null in :attr:`Cell.trajectories` when they equal (same
+    steps, this precision) the oracle the cell was judged against: its ``oracle_trajectories`` entry for
+    the observable if it has one, else the case's canonical :attr:`CaseInfo.oracle`. The plot draws the
+    adapter's points there."""
+
+    @model_validator(mode="after")
+    def _one_value_per_step(self) -> "Trajectory":
+        if self.value is not None and len(self.step) != len(self.value):
+            raise ValueError(f"{len(self.step)} steps but {len(self.value)} values")
+        return self
 
 
 class CaseInfo(_Model):
@@ -72,6 +110,12 @@ class CaseInfo(_Model):
     """Case file, e.g. ``cases/training.yaml``."""
     sources: list[Source]
     """Sources the case cites (may be empty)."""
+    steps: list[str]
+    """The operation of each step of the case's program, by step index (e.g. ``forward(train)``), as the
+    records' comparisons name them; empty when no cell compared anything."""
+    oracle: list[Trajectory]
+    """The canonical oracle's running statistics per step (``running_mean``, ``running_var``), the
+    reference line of every plot of the case; empty when no cell compared them."""
 
 
 class AdapterInfo(_Model):
@@ -118,6 +162,21 @@ class DivergenceInfo(_Model):
     """How that bound follows from the documented defect."""
 
 
+class RunInfo(_Model):
+    """Where and with what a record was produced (shared by the cells of one env and framework version)."""
+
+    env: str
+    """tox env that produced the record (``local`` outside tox)."""
+    framework_version: str
+    """Version of the framework that ran the cell."""
+    python: str
+    """Python version."""
+    platform: str
+    """``sys.platform-machine``, e.g. ``linux-x86_64``."""
+    device: str
+    """Device it ran on: ``cpu`` or e.g. ``cuda``."""
+
+
 class ComparisonTable(_Model):
     """Comparisons of one cell, one column per field, in the order the engine compared them.
 
@@ -127,13 +186,12 @@ class ComparisonTable(_Model):
     """
 
     step: list[int | None]
-    """Step index of the case's program (0-based)."""
-    op: list[str | None]
-    """The step's operation, e.g. ``forward(train)``."""
-    observable: list[str | None]
-    """e.g. ``output``, ``running_var``, ``grad_input``."""
-    passed: list[bool]
-    """Whether every element was within tolerance (and the structure matched)."""
+    """Step index of the case's program (0-based); its operation is ``CaseInfo.steps[step]``."""
+    observable: list[int]
+    """Index into ``ReportData.observables`` (``output``, ``running_var``, ``grad_input``, ...)."""
+    passed: list[bool] | None = None
+    """Whether every element was within tolerance (and the structure matched); the whole column is null
+    (left out of the JSON) when every row passed."""
     max_abs_err: list[float | None]
     """Largest absolute error."""
     max_rel_err: list[float | None]
@@ -141,15 +199,16 @@ class ComparisonTable(_Model):
     tol_at_worst: list[float | None]
     """Tolerance at the element with the largest error/tolerance ratio."""
     ratio: list[float | None]
-    """Largest error/tolerance over the elements (<= 1 passes); null when not finite."""
-    headroom: list[float | None]
-    """1/ratio: how many times larger the error could have been; null when ``ratio`` is 0 (exact)."""
-    message: list[str | None]
-    """Why the comparison failed structurally (shape, dtype, NaN pattern), else null."""
+    """Largest error/tolerance over the elements (<= 1 passes; the headroom shown is 1/ratio); null when
+    not finite."""
+    message: list[str | None] | None = None
+    """Why the comparison failed structurally (shape, dtype, NaN pattern), else null; the whole column
+    is null (left out of the JSON) when no row has a message."""
 
     @model_validator(mode="after")
     def _same_length(self) -> "ComparisonTable":
-        lengths = {name: len(getattr(self, name)) for name in type(self).model_fields}
+        lengths = {name: len(getattr(self, name)) for name in type(self).model_fields
+                   if getattr(self, name) is not None}
         if len(set(lengths.values())) != 1:
             raise ValueError(f"columns of unequal length: {lengths}")
         return self
@@ -184,7 +243,12 @@ class BaselineCell(_Model):
 
 
 class Cell(_Model):
-    """One (case, adapter) cell: what its drill-down shows."""
+    """One (case, adapter) cell: what its drill-down shows.
+
+    A field equal to its default (null, ``[]``) is left out of the embedded JSON
+    (most cells have no reason, divergence, mark or baseline change); the page
+    fills it in from ``ReportData.cell_defaults``.
+    """
 
     case: int
     """Index into ``ReportData.cases``."""
@@ -192,46 +256,49 @@ class Cell(_Model):
     """Index into ``ReportData.adapters``."""
     verdict: Verdict
     """The cell's verdict (``conforms``, ``quirk``, ``known_bug``, ``fails``, ``unsupported``, ``error``)."""
-    reason: str | None
-    """Error message, unsupported reason or why it fails; null when none."""
-    divergences: list[int]
+    reason: str | None = None
+    """Error message, unsupported reason or why it fails; null when none. With
+    ``reason_cites_divergences``, only what follows the divergences' list (below)."""
+    reason_cites_divergences: bool = False
+    """True: the recorded reason is the ``id: summary`` of each of ``divergences``, joined by ``"; "``,
+    followed by ``reason`` (a quirk's or known bug's reason; the page puts it back together)."""
+    divergences: list[int] = []
     """Indices into ``ReportData.divergences``: the documented divergences shown."""
-    comparisons: ComparisonTable | None
+    comparisons: ComparisonTable | None = None
     """Errors against the oracle used for the verdict (with the divergences' options, if any); null if none."""
-    canonical_comparisons: ComparisonTable | None
+    canonical_comparisons: ComparisonTable | None = None
     """Errors against the canonical oracle, recorded when a divergence changed the oracle; else null."""
-    not_observed: list[str]
+    trajectories: list[Trajectory] = []
+    """The adapter's running statistics per step (what the plots draw against ``CaseInfo.oracle``)."""
+    oracle_trajectories: list[Trajectory] = []
+    """The oracle with the cell's documented divergences, per observable where it differs from the
+    canonical one (``CaseInfo.oracle``); empty otherwise (drawn dashed)."""
+    not_observed: list[str] = []
     """Observables this adapter cannot read back."""
-    framework_version: str
-    """Version of the framework that ran the cell."""
-    device: str
-    """Device it ran on: ``cpu`` or e.g. ``cuda``."""
-    env: str
-    """tox env that produced the record (``local`` outside tox)."""
-    python: str
-    """Python version."""
-    platform: str
-    """``sys.platform-machine``, e.g. ``linux-x86_64``."""
+    run: int
+    """Index into ``ReportData.runs``: env, framework version, python, platform and device of the record."""
     timestamp: str
     """ISO 8601 time the record was written."""
-    duration_s: float | None
+    duration_s: float | None = None
     """Seconds the cell took (3 significant digits)."""
-    nodeid: str | None
+    nodeid: str | None = None
     """pytest node id of the cell."""
-    rerun: str | None
-    """Shell command that reruns the cell (:func:`bnconform.report.data.rerun_command`)."""
-    mark: Literal["duplicate", "conflict"] | None
+    rerun: str | None = None
+    """Shell command that reruns the cell (:func:`bnconform.report.data.rerun_command`); null when there is
+    no ``nodeid`` or when the command is ``tox -e ENV -- "NODEID"`` with the cell's env and node id (the page
+    composes it)."""
+    mark: Literal["duplicate", "conflict"] | None = None
     """Set when other shards reported the cell too (see ``others``)."""
-    others: list[OtherRecord]
+    others: list[OtherRecord] = []
     """The other shards' records of this cell (empty unless ``mark`` is set)."""
-    baseline: BaselineCell | None
+    baseline: BaselineCell | None = None
     """Set only when a baseline was given and the cell changed against it or is new there."""
 
 
 class ReportData(_Model):
     """The ``#bn-data`` block: everything the drill-down shows."""
 
-    contract: Literal[1] = CONTRACT_VERSION
+    contract: Literal[2] = CONTRACT_VERSION
     """Version of this contract (bumped on an incompatible change)."""
     cases: list[CaseInfo]
     """Rows of the matrix, by theme, case file, case id."""
@@ -239,13 +306,28 @@ class ReportData(_Model):
     """Columns of the matrix, by framework, adapter name."""
     divergences: list[DivergenceInfo]
     """Every documented divergence any cell shows, once each."""
+    runs: list[RunInfo]
+    """Every distinct (env, framework version, python, platform, device) of the records, once each."""
+    observables: list[str]
+    """Observable names the comparison tables refer to by index."""
     cells: list[Cell]
     """Ordered by case, then adapter; matrix cells point here with ``data-i``."""
     glyphs: dict[Verdict, str]
     """One glyph per verdict (the matrix reads without colour too)."""
+    cell_defaults: dict[str, Any]
+    """The default of every :class:`Cell` field that has one: what a field left out of a cell means."""
     plots_note: str | None
-    """Why there are no plots (switched off, matplotlib missing); null when plots were drawn."""
+    """Why there are no plots (switched off with ``--no-plots``: no trajectories embedded, no plotting
+    library inlined); null when the page draws them."""
 
 
-#: ``#bn-figs``: ``{str(index into ReportData.cases): base64 of that case's SVG figure}``.
-FIGURES = TypeAdapter(dict[str, str])
+def cell_defaults() -> dict[str, Any]:
+    """``ReportData.cell_defaults``: field name -> default of every :class:`Cell` field that has one (JSON values)."""
+    return {name: f.default for name, f in Cell.model_fields.items() if not f.is_required()}
+
+
+def dump_data(data: ReportData) -> dict[str, Any]:
+    """``data`` as the JSON types embedded in the page: cells without the fields equal to their defaults."""
+    out = data.model_dump(mode="json", exclude={"cells"})
+    out["cells"] = [c.model_dump(mode="json", exclude_defaults=True) for c in data.cells]
+    return out

@@ -1,8 +1,10 @@
-"""Build the page's embedded data (the ``#bn-data`` and ``#bn-figs`` blocks) from merged records.
+"""Build the page's embedded data (the ``#bn-data`` block) from merged records.
 
 The shapes are :mod:`bnconform.report.contract`; this module only fills them:
-rounding numbers, keeping http(s) URLs only, storing each divergence once,
-turning a record's comparison list into a :class:`~.contract.ComparisonTable`.
+rounding numbers to what the page shows, keeping http(s) URLs only, storing
+each divergence, run and observable name once, turning a record's comparison
+list into a :class:`~.contract.ComparisonTable` and its running statistics
+into :class:`~.contract.Trajectory` lists (the plot data).
 :class:`Layout` fixes the order of rows (cases), columns (adapters) and cells
 that the matrix and the data share (a matrix cell's ``data-i`` is its index
 in ``ReportData.cells``).
@@ -10,7 +12,6 @@ in ``ReportData.cells``).
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import re
@@ -20,16 +21,25 @@ from dataclasses import dataclass
 
 from ..results import ResultRecord
 from ..resultset import Diff, Merged, divergence_ids
-from .contract import (FIGURES, AdapterInfo, BaselineCell, CaseInfo, Cell, ComparisonTable, DivergenceInfo,
-                       OtherRecord, ReportData, Source)
+from .contract import (PLOT_CHANNELS, PLOT_DIGITS, AdapterInfo, BaselineCell, CaseInfo, Cell, ComparisonTable,
+                       DivergenceInfo, OtherRecord, ReportData, RunInfo, Source, Trajectory, cell_defaults)
 
 #: One glyph per verdict so the matrix reads without colour too.
 GLYPHS = {"conforms": "\u2713", "quirk": "Q", "known_bug": "B", "fails": "\u2717",
           "unsupported": "\u2013", "error": "!"}
 
 
-def _num(v, digits: int = 4):
-    """Round for the embedded JSON (4 significant digits; None for non-finite)."""
+#: Per-channel observables whose values after each step are plotted.
+TRAJECTORY_OBSERVABLES = ("running_mean", "running_var")
+#: Order of the observables in the page (the ratio plot's x axis); others follow by name.
+OBSERVABLE_ORDER = ("output", "grad_input", "grad_weight", "grad_bias", "running_mean", "running_var",
+                    "num_batches_tracked", "weight", "bias")
+#: Significant digits of errors, tolerances and ratios: the page prints 3.
+TABLE_DIGITS = 3
+
+
+def _num(v, digits: int = TABLE_DIGITS):
+    """Round for the embedded JSON (``digits`` significant digits; None for non-finite; bool/int/other as is)."""
     if v is None or isinstance(v, bool):
         return v
     if isinstance(v, (int, float)):
@@ -101,15 +111,70 @@ class Layout:
         return {k: i for i, k in enumerate(self.cells)}
 
 
-def _comparison_table(cmps: list[dict]) -> ComparisonTable | None:
+def _observable(c: dict) -> str:
+    return str(c.get("observable") or "")
+
+
+def _comparison_table(cmps: list[dict], observable_index: dict[str, int]) -> ComparisonTable | None:
     if not cmps:
         return None
+    messages = [_text(c.get("message")) for c in cmps]
+    passed = [bool(c.get("passed")) for c in cmps]
     return ComparisonTable(
-        step=[c.get("step") for c in cmps], op=[_text(c.get("op")) for c in cmps],
-        observable=[_text(c.get("observable")) for c in cmps], passed=[bool(c.get("passed")) for c in cmps],
+        step=[c.get("step") for c in cmps], observable=[observable_index[_observable(c)] for c in cmps],
+        passed=None if all(passed) else passed,
         max_abs_err=[_num(c.get("max_abs_err")) for c in cmps], max_rel_err=[_num(c.get("max_rel_err")) for c in cmps],
         tol_at_worst=[_num(c.get("tol_at_worst")) for c in cmps], ratio=[_num(c.get("ratio")) for c in cmps],
-        headroom=[_num(c.get("headroom")) for c in cmps], message=[_text(c.get("message")) for c in cmps])
+        message=messages if any(m is not None for m in messages) else None)
+
+
+def _channels(v) -> list | None:
+    """A per-channel value as recorded (a list of numbers), else None (nothing to plot)."""
+    if not isinstance(v, list) or not v:
+        return None
+    if not all(x is None or (isinstance(x, (int, float)) and not isinstance(x, bool)) for x in v):
+        return None
+    return v
+
+
+def _trajectories(cmps: list[dict], field: str) -> dict[str, dict[int, list]]:
+    """``{observable: {step: channel values}}`` of ``field`` (``actual`` or ``expected``) of the running statistics."""
+    out: dict[str, dict[int, list]] = {}
+    for c in cmps:
+        obs, step = c.get("observable"), c.get("step")
+        if obs in TRAJECTORY_OBSERVABLES and isinstance(step, int):
+            v = _channels(c.get(field))
+            if v is not None:
+                out.setdefault(obs, {}).setdefault(step, v)
+    return out
+
+
+def _trajectory_models(per_obs: dict[str, dict[int, list]]) -> list[Trajectory]:
+    """Plot data: first :data:`PLOT_CHANNELS` channels, :data:`PLOT_DIGITS` significant digits, by step."""
+    out = []
+    for obs in TRAJECTORY_OBSERVABLES:
+        steps = per_obs.get(obs)
+        if steps:
+            out.append(Trajectory(observable=obs, channels=max(len(v) for v in steps.values()), step=sorted(steps),
+                                  value=[[_num(x, PLOT_DIGITS) for x in steps[k][:PLOT_CHANNELS]]
+                                         for k in sorted(steps)]))
+    return out
+
+
+def _reason(r: ResultRecord) -> dict:
+    """``reason`` (and ``reason_cites_divergences``) of a cell: a quirk's or known bug's recorded reason
+    starts with its divergences' ``id: summary`` list, which the page already has: only the rest is sent."""
+    cited = "; ".join(f"{d.get('id')}: {d.get('summary')}" for d in r.divergences)
+    if (r.reason and r.divergences and r.reason.startswith(cited)
+            and all(isinstance(d.get("id"), str) and isinstance(d.get("summary"), str) for d in r.divergences)):
+        return {"reason": r.reason[len(cited):] or None, "reason_cites_divergences": True}
+    return {"reason": r.reason}
+
+
+def _rerun(r: ResultRecord) -> str | None:
+    """:func:`rerun_command`, or None when the page composes the same text from the env and the node id."""
+    cmd = rerun_command(r)
+    return None if r.nodeid and cmd == f'tox -e {r.env} -- "{r.nodeid}"' else cmd
 
 
 def _divergence_info(d: dict) -> DivergenceInfo:
@@ -135,15 +200,42 @@ def merge_marks(merged: Merged) -> tuple[dict[tuple[str, str], str], dict[tuple[
     return marks, others
 
 
+def _observable_names(merged: Merged) -> list[str]:
+    seen = {_observable(c) for r in merged.cells.values() for c in (*r.comparisons, *r.canonical_comparisons)}
+    known = [o for o in OBSERVABLE_ORDER if o in seen]
+    return known + sorted(seen - set(known))
+
+
 def build_data(merged: Merged, layout: Layout, baseline_diff: Diff | None = None,
                plots_note: str | None = None) -> ReportData:
-    """The ``#bn-data`` block (:class:`~.contract.ReportData`), validated on construction."""
+    """The ``#bn-data`` block (:class:`~.contract.ReportData`), validated on construction.
+
+    ``plots_note`` (why the page has no plots, e.g. ``--no-plots``): when set, no
+    trajectories are embedded (the page draws nothing and says why); when None
+    every cell carries the running statistics the page plots.
+    """
     marks, others = merge_marks(merged)
     changes = baseline_diff.changed_cells() if baseline_diff else {}
     added = {(c, a) for c, a, _ in baseline_diff.added_cells} if baseline_diff else set()
     case_index, col_index = layout.case_index, {a: i for i, a in enumerate(layout.columns)}
+    observables = _observable_names(merged)
+    obs_index = {o: i for i, o in enumerate(observables)}
     div_index: dict[str, int] = {}
     divs: list[DivergenceInfo] = []
+    run_index: dict[tuple, int] = {}
+    case_steps: dict[str, dict[int, str]] = defaultdict(dict)
+    case_oracle: dict[str, dict[str, dict[int, list]]] = defaultdict(dict)
+    plots = plots_note is None
+    for key in layout.cells:  # per case: each step's operation and the canonical oracle (the first cell with it)
+        r = merged.cells[key]
+        for c in (*r.comparisons, *r.canonical_comparisons):
+            if isinstance(c.get("step"), int) and c.get("op") is not None:
+                case_steps[r.case_id].setdefault(c["step"], str(c["op"]))
+        if plots:
+            for obs, steps in _trajectories(r.canonical_comparisons or r.comparisons, "expected").items():
+                for step, v in steps.items():
+                    case_oracle[r.case_id].setdefault(obs, {}).setdefault(step, v)
+    oracle_plots = {c: _trajectory_models(o) for c, o in case_oracle.items()}
     cells: list[Cell] = []
     for key in layout.cells:
         r = merged.cells[key]
@@ -154,33 +246,41 @@ def build_data(merged: Merged, layout: Layout, baseline_diff: Diff | None = None
                 div_index[k] = len(divs)
                 divs.append(_divergence_info(d))
             ids.append(div_index[k])
+        run = run_index.setdefault((r.env, r.framework_version, r.python, r.platform, r.device), len(run_index))
+        trajectories, alt = [], []
+        if plots:
+            if r.canonical_comparisons:  # compared against the oracle with the cell's divergences
+                alt = [t for t in _trajectory_models(_trajectories(r.comparisons, "expected"))
+                       if t not in oracle_plots.get(r.case_id, [])]
+            judged = {t.observable: t for t in oracle_plots.get(r.case_id, [])} | {t.observable: t for t in alt}
+            trajectories = [t.model_copy(update={"value": None}) if judged.get(t.observable) == t else t
+                            for t in _trajectory_models(_trajectories(r.comparisons, "actual"))]
         ch = changes.get(key)
         baseline = (BaselineCell(verdict=ch.old_verdict, divergences=list(ch.old_divergences),
                                  framework_version=ch.old_version) if ch
                     else BaselineCell(verdict=None, divergences=[], framework_version=None) if key in added
                     else None)
         cells.append(Cell(
-            case=case_index[r.case_id], adapter=col_index[r.adapter], verdict=r.verdict, reason=r.reason,
-            divergences=ids, comparisons=_comparison_table(r.comparisons),
-            canonical_comparisons=_comparison_table(r.canonical_comparisons), not_observed=r.not_observed,
-            framework_version=r.framework_version, device=r.device, env=r.env, python=r.python,
-            platform=r.platform, timestamp=r.timestamp, duration_s=_num(r.duration_s, 3), nodeid=r.nodeid,
-            rerun=rerun_command(r), mark=marks.get(key), others=others.get(key, []), baseline=baseline))
+            case=case_index[r.case_id], adapter=col_index[r.adapter], verdict=r.verdict, **_reason(r),
+            divergences=ids, comparisons=_comparison_table(r.comparisons, obs_index),
+            canonical_comparisons=_comparison_table(r.canonical_comparisons, obs_index),
+            trajectories=trajectories, oracle_trajectories=alt, not_observed=r.not_observed, run=run,
+            timestamp=r.timestamp, duration_s=_num(r.duration_s, 3), nodeid=r.nodeid,
+            rerun=_rerun(r), mark=marks.get(key), others=others.get(key, []), baseline=baseline))
+
+    def steps(case_id: str) -> list[str]:
+        ops = case_steps.get(case_id, {})
+        return [ops.get(k, "") for k in range(max(ops) + 1)] if ops else []
+
     return ReportData(
         cases=[CaseInfo(id=c, title=r.title, behaviour=r.behaviour, theme=r.theme, tags=r.tags, file=r.case_file,
                         sources=[Source(title=_text(s.get("title")), url=safe_url(s.get("url")),
-                                        file=_text(s.get("file"))) for s in r.sources])
+                                        file=_text(s.get("file"))) for s in r.sources],
+                        steps=steps(c), oracle=oracle_plots.get(c, []))
                for c, r in layout.cases.items()],
         adapters=[AdapterInfo(name=a, framework=layout.framework_of[a]) for a in layout.columns],
-        divergences=divs, cells=cells, glyphs=GLYPHS, plots_note=plots_note)
-
-
-def encode_figures(figures: dict[str, str] | None, layout: Layout) -> dict[str, str]:
-    """The ``#bn-figs`` block (:data:`~.contract.FIGURES`): base64 of each case's SVG by case index.
-
-    base64 is safe by construction inside JSON and is shown through ``<img src="data:...">``.
-    """
-    index = layout.case_index
-    figs = {str(index[c]): base64.b64encode(svg.encode("utf-8")).decode("ascii")
-            for c, svg in (figures or {}).items() if c in index}
-    return FIGURES.validate_python(figs)
+        divergences=divs,
+        runs=[RunInfo(env=e, framework_version=v, python=py, platform=pl, device=dev)
+              for e, v, py, pl, dev in run_index],
+        observables=observables, cells=cells, glyphs=GLYPHS, cell_defaults=cell_defaults(),
+        plots_note=plots_note)

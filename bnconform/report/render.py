@@ -4,35 +4,72 @@ Templates: ``bnconform/templates/parity.html.j2`` (page, views), ``_macros.html.
 (the matrix), ``style.css.j2`` and ``app.js.j2`` (the page script; it reads the
 embedded data described in :mod:`bnconform.report.contract`). Every ``{{ }}``
 from results is escaped; the drill-down data travels once as JSON (``tojson``
-inside ``<script type="application/json">``) and the script turns it into DOM
-nodes with ``textContent``, so no text from results can inject markup or run.
+inside ``<script type="application/json">``, compact separators) and the script
+turns it into DOM nodes with ``textContent``, so no text from results can
+inject markup or run.
+
+The plots are drawn in the page by uPlot (MIT), vendored under
+``bnconform/templates/vendor/`` and inlined verbatim (:func:`vendored`): the only
+markup not written by the templates, and it never contains text from results.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
 
 from ..resultset import Diff, Merged
 from .view import build_context
 
+#: The vendored uPlot release (``bnconform/templates/vendor/README.md``).
+UPLOT_VERSION = "1.6.32"
+#: Sequences that would end or confuse the ``<script>``/``<style>`` element a vendored file is inlined in.
+_UNSAFE_INLINE = re.compile(r"(?i)</script|</style|<!--")
+#: ... and, for a file inlined inside a ``/* */`` comment (the licence), the end of the comment.
+_UNSAFE_IN_COMMENT = re.compile(r"(?i)</script|</style|<!--|\*/")
+
 
 @functools.lru_cache(maxsize=1)
 def environment() -> Environment:
-    """The Jinja2 environment of the report's templates (autoescape on for every template)."""
-    return Environment(loader=PackageLoader("bnconform", "templates"), autoescape=select_autoescape(default=True),
-                       trim_blocks=True, lstrip_blocks=True)
+    """The Jinja2 environment of the report's templates (autoescape on for every template; ``tojson`` compact)."""
+    env = Environment(loader=PackageLoader("bnconform", "templates"), autoescape=select_autoescape(default=True),
+                      trim_blocks=True, lstrip_blocks=True)
+    env.policies["json.dumps_kwargs"] = {"separators": (",", ":")}
+    return env
+
+
+@functools.lru_cache(maxsize=None)
+def vendored(name: str, in_comment: bool = False) -> Markup:
+    """The text of ``bnconform/templates/vendor/<name>``, marked safe for inlining in ``<script>``/``<style>``.
+
+    Raises ``jinja2.TemplateNotFound`` if the file is not installed with the package and
+    ``ValueError`` if it contains ``</script``, ``</style`` or ``<!--`` (which would
+    end the element it is inlined in), or ``*/`` when ``in_comment`` (it goes
+    inside a ``/* */`` comment).
+    """
+    env = environment()
+    text, _, _ = env.loader.get_source(env, f"vendor/{name}")  # found as the templates are; read, not parsed
+    bad = (_UNSAFE_IN_COMMENT if in_comment else _UNSAFE_INLINE).search(text)
+    if bad:
+        raise ValueError(f"vendor/{name} cannot be inlined: it contains {bad.group(0)!r} at offset {bad.start()}")
+    return Markup(text)
 
 
 def render(merged: Merged, title: str = "bnconform parity report", baseline_diff: Diff | None = None,
-           figures: dict[str, str] | None = None, baseline_label: str | None = None,
-           plots_note: str | None = None) -> str:
+           baseline_label: str | None = None, plots: bool = True) -> str:
     """Render the report HTML (Jinja2, autoescaped: no text from results can inject markup).
 
-    ``figures``: case id -> SVG text (:func:`bnconform.report.figures.case_figures`);
-    ``plots_note``: shown in the drill-down instead of a plot when there are none.
+    ``plots``: embed the running statistics and inline uPlot, so that a drill-down
+    draws the case's plots; False leaves both out (smaller page) and the
+    drill-down says the plots were switched off.
     """
-    ctx = build_context(merged, title, baseline_diff=baseline_diff, figures=figures, baseline_label=baseline_label,
-                        plots_note=plots_note)
+    ctx = build_context(merged, title, baseline_diff=baseline_diff, baseline_label=baseline_label,
+                        plots_note=None if plots else "plots were switched off (--no-plots)")
+    if plots:
+        ctx["vendor"] = {"uplot_js": vendored("uPlot.iife.min.js"), "uplot_css": vendored("uPlot.min.css"),
+                         "uplot_license": vendored("uPlot.LICENSE", in_comment=True)}
+        ctx["uplot_version"] = UPLOT_VERSION
     return environment().get_template("parity.html.j2").render(**ctx)

@@ -1,14 +1,16 @@
 """The template's view model: what ``parity.html.j2`` renders, as plain Python values.
 
 :func:`build_context` returns the template's variables (below); the drill-down
-data goes in ``data`` (:class:`~.contract.ReportData` dumped to JSON types) and
-``figs`` (:data:`~.contract.FIGURES`). The matrices are rendered server-side:
+data goes in ``data`` (:class:`~.contract.ReportData` dumped to JSON types;
+``plots`` says whether the page inlines the plotting library and draws from it).
+The matrices are rendered server-side:
 
 ``themes`` / ``by_source``
     rows grouped by theme, and by source thread (:func:`source_groups`); a row
     is ``{id, title, behaviour, tags (space-separated), new, cells}`` with one
     entry per column, None where the adapter has no record of the case, else
-    ``{v: verdict, g: glyph, i: index into data.cells, mark, changed, tip}``.
+    ``{v: verdict, g: glyph, i: index into data.cells, mark, changed}`` (the page
+    script gives a cell its tooltip from the data when the pointer or focus reaches it).
 ``questions``
     per source group and adapter, the count of each verdict (worst first), the
     worst one (the cell's colour) and the divergence ids shown.
@@ -30,7 +32,8 @@ from pathlib import Path
 
 from ..results import VERDICTS, ResultRecord
 from ..resultset import Diff, Merged, divergence_ids
-from .data import GLYPHS, Layout, build_data, encode_figures, safe_url
+from .contract import dump_data
+from .data import GLYPHS, Layout, build_data, safe_url
 
 #: Worst first: the colour a group of cells takes in the summary views.
 SEVERITY = ("error", "fails", "known_bug", "quirk", "conforms", "unsupported")
@@ -146,9 +149,11 @@ def _questions(merged: Merged, layout: Layout, by_source: list[dict]) -> list[di
 
 
 def build_context(merged: Merged, title: str = "bnconform parity report", baseline_diff: Diff | None = None,
-                  figures: dict[str, str] | None = None, baseline_label: str | None = None,
-                  plots_note: str | None = None) -> dict:
-    """The template's variables: header facts, matrices, summary views, embedded data (module docstring)."""
+                  baseline_label: str | None = None, plots_note: str | None = None) -> dict:
+    """The template's variables: header facts, matrices, summary views, embedded data (module docstring).
+
+    ``plots_note``: why the page has no plots (None: it draws them from the embedded numbers).
+    """
     records = merged.records
     layout = Layout.of(merged)
     data = build_data(merged, layout, baseline_diff, plots_note)
@@ -165,9 +170,7 @@ def build_context(merged: Merged, title: str = "bnconform parity report", baseli
             return None
         changed = key in changes or key in added or case_id in new_cases or adapter in new_adapters
         return {"v": r.verdict, "g": GLYPHS[r.verdict], "i": cell_index[key], "mark": data.cells[cell_index[key]].mark,
-                "changed": changed, "tip": f"{case_id} on {adapter}: {r.verdict}"
-                + (f" (was {changes[key].old_verdict})" if key in changes else "")
-                + "".join(f" from {d['ref']}" for d in r.divergences if d.get("ref"))}
+                "changed": changed}
 
     def row(case_id):
         meta = layout.cases[case_id]
@@ -210,8 +213,8 @@ def build_context(merged: Merged, title: str = "bnconform parity report", baseli
         "themes": themes,
         "by_source": by_source,
         "questions": _questions(merged, layout, by_source),
-        "data": data.model_dump(mode="json"),
-        "figs": encode_figures(figures, layout),
+        "data": dump_data(data),
+        "plots": plots_note is None,
         "duplicates": merged.duplicates,
         "conflicts": merged.conflicts,
         "bad_lines": merged.bad_lines,
