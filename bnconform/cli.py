@@ -34,7 +34,6 @@ The ``--help`` texts are plain text: the reST above is for the API docs.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import subprocess
 import sys
@@ -143,8 +142,7 @@ def _run(args, pytest_args: list[str]) -> int:
         print(f"bnconform run: pytest wrote no records ({shard} absent): no report", file=sys.stderr)
         return code
     try:
-        merged, _ = write_report([str(shard)], args.report, None, plots=importlib.util.find_spec("matplotlib")
-                                 is not None)
+        merged, _ = write_report([str(shard)], args.report, None)
     except Exception as exc:  # noqa: BLE001 - the records are written; say where they are
         print(f"bnconform run: the report could not be written ({type(exc).__name__}: {exc}); the records are "
               f"in {shard}", file=sys.stderr)
