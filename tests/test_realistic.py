@@ -224,3 +224,22 @@ def test_non_finite_values_leave_the_fast_path():
     case = BY_ID["resnet50-late-stage-float32"]
     c = compare_one(np.array([1.0, np.nan], np.float32), e, np.ones(2), "running_mean", case, 0)
     assert not c.passed and "NaN" in c.message
+
+
+# ---- summation: recursive (the deterministic bound of one sequential accumulator)
+
+def test_recursive_summation_envelope_is_the_deterministic_bound():
+    """``summation: recursive`` adds SAFETY * u_acc * (m - 1) * magnitude to each reduced observable
+    (Higham 2002 eq. (4.4)); hand value on grad_bias = sum of g, whose magnitude is sum |g|."""
+    case = BY_ID["resnet50-late-stage-float32"]
+    arrays = engine._arrays(case)
+    prof = CANONICAL.with_options("recursive", summation="recursive")
+    exp = simulate(case, arrays, prof)
+    m = case.input.reduction_size
+    g = np.moveaxis(arrays.grad_outputs[1].astype(np.float64), 1, 0).reshape(case.layer.num_features, -1)
+    want = 4.0 * 2.0**-24 * (m - 1) * np.abs(g).sum(axis=1)
+    assert np.allclose(exp.values[(1, "grad_bias")].spread, want, rtol=1e-12, atol=0)
+    assert np.array_equal(exp.values[(1, "grad_bias")].value, simulate(case, arrays).values[(1, "grad_bias")].value)
+    # the running statistics and the output get an envelope too; the canonical profile none
+    assert np.all(exp.values[(0, "running_var")].spread > 0) and np.all(exp.values[(0, "output")].spread > 0)
+    assert simulate(case, arrays).values[(0, "output")].spread is None
