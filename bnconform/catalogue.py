@@ -48,6 +48,13 @@ MODES = ("train", "eval", "train_global_stats")
 #: Observables a case may compare. State observables (running_mean,
 #: running_var, num_batches_tracked, weight, bias) are observed after EVERY
 #: step; output after forward; grad_* after backward.
+#: Values per channel from which a case is LARGE (pytest marker ``large``, tag ``large``;
+#: ``pytest -m "not large"`` deselects them for a quick run): 2^16, where a half-precision
+#: accumulation of unit-sized values leaves float16's range (largest finite 65504) and a
+#: sum's rounding error in float32 reaches u_float32 * sqrt(m) = 2^-16 relative — the sizes
+#: real networks reduce over and the small catalogue does not reach.
+LARGE_REDUCTION_SIZE = 2**16
+
 STATE_OBSERVABLES = ("running_mean", "running_var", "num_batches_tracked", "weight", "bias")
 OBSERVABLES = ("output", "grad_input", "grad_weight", "grad_bias") + STATE_OBSERVABLES
 
@@ -346,6 +353,11 @@ class Case(_Strict):
             if len(self.input.shape) != 2 or self.input.axis != 1 or self.input.shape[1] != features:
                 raise ValueError(f"input.shape must be [N, {features}] (channel_axis 1) for dataset {dist.dataset}")
         return self
+
+    @property
+    def large(self) -> bool:
+        """Whether one batch reduces over at least :data:`LARGE_REDUCTION_SIZE` values per channel."""
+        return self.input.reduction_size >= LARGE_REDUCTION_SIZE
 
     @property
     def trains(self) -> bool:

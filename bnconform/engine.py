@@ -60,9 +60,29 @@ _ARRAYS: dict[str, CaseArrays] = {}
 _EXPECT: dict[tuple[str, Profile], Expectation | OracleUndefined] = {}
 
 
+#: The large case (:attr:`Case.large`) whose arrays and expectations are cached: only
+#: one at a time (a 2^21-values-per-channel case holds ~100 MB of float64 expectations;
+#: its cells run one after another, so keeping the latest one shares it between them).
+_LARGE: list[str] = []
+
+
+def _keep_one_large(case: Case, key: str) -> None:
+    """Before caching anything for a large ``case``, drop what the caches hold
+    for any OTHER large case (small cases stay cached for the whole process)."""
+    if not case.large or _LARGE == [key]:
+        return
+    for old in _LARGE:
+        _ARRAYS.pop(old, None)
+        for cache in (_EXPECT, _AGREE):
+            for k in [k for k in cache if k[0] == old]:
+                del cache[k]
+    _LARGE[:] = [key]
+
+
 def _arrays(case: Case) -> CaseArrays:
     key = case.model_dump_json()
     if key not in _ARRAYS:
+        _keep_one_large(case, key)
         _ARRAYS[key] = generate(case)
     return _ARRAYS[key]
 
@@ -70,6 +90,7 @@ def _arrays(case: Case) -> CaseArrays:
 def _expect(case: Case, profile: Profile) -> Expectation | OracleUndefined:
     key = (case.model_dump_json(), profile)
     if key not in _EXPECT:
+        _keep_one_large(case, key[0])
         try:
             _EXPECT[key] = simulate(case, _arrays(case), profile)
         except OracleUndefined as exc:
@@ -88,6 +109,7 @@ def _agree(case: Case, a: Profile, b: Profile, observable: frozenset[str]) -> bo
     several times per case)."""
     key = (case.model_dump_json(), a, b, observable)
     if key not in _AGREE:
+        _keep_one_large(case, key[0])
         ea, eb = _expect(case, a), _expect(case, b)
         _AGREE[key] = (not isinstance(ea, OracleUndefined) and not isinstance(eb, OracleUndefined)
                        and expectations_agree(ea, eb, case, observable))

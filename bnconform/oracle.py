@@ -124,6 +124,20 @@ class Profile:
         Keras 3 on JAX/torch computes a float64 layer in float32
         (``keras/src/backend/common/dtypes.py`` result_type maps float64 to
         float32; ``BatchNormalization.call``: ``compute_dtype``).
+    ``summation``: the error growth of the per-channel reductions (sums over
+        the m values of a channel: mean, variance, the backward sums).
+        ``"probabilistic"`` (canonical): rounding errors that grow like
+        sqrt(m) (Higham 2002 sec. 4.2, the tolerance's own model);
+        ``"recursive"`` — one sequential accumulator per channel whose
+        rounding errors need not average out (terms far below the running
+        sum's ulp are lost or rounded one way: the sum of m squared deviations
+        is biased low), bounded only by the deterministic bound of recursive
+        summation, ``(m - 1) u sum|x_i|`` (Higham 2002 eq. (4.4)), u of the
+        default accumulation dtype. Every reduced observable's envelope gets
+        ``SAFETY * u * (m - 1) * magnitude`` (MXNet's CPU kernel,
+        ``src/operator/nn/batch_norm.cc`` BatchNormForwardImpl:
+        ``mean[channel] += *in_data`` and ``var[channel] += (x - mean)^2`` in
+        one float accumulator per channel).
     ``accumulation_dtype``: per-observable override of the precision that
         observable is computed/accumulated in, ``{observable: dtype or
         "input"}`` (a mapping; stored as sorted pairs). E.g. backward
@@ -146,6 +160,7 @@ class Profile:
     variance_algorithm: Literal["two_pass", "one_pass", "one_pass_clamped"] = "two_pass"
     compute_dtype: Literal["default", "input", "float64", "float32", "float16", "bfloat16"] = "default"
     accumulation_dtype: tuple[tuple[str, str], ...] = ()
+    summation: Literal["probabilistic", "recursive"] = "probabilistic"
 
     def __post_init__(self):
         acc = self.accumulation_dtype
@@ -188,7 +203,7 @@ class Profile:
     def models_precision(self) -> bool:
         """Whether any precision knob is set (then expectations carry a spread)."""
         return (self.variance_algorithm != "two_pass" or self.compute_dtype != "default"
-                or bool(self.accumulation_dtype))
+                or bool(self.accumulation_dtype) or self.summation != "probabilistic")
 
 
 CANONICAL = Profile()
@@ -595,10 +610,16 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
         dt = overrides.get(observable) or compute
         return UNIT_ROUNDOFF[dt] if dt else 0.0
 
+    #: ``summation: recursive``: the deterministic bound (m - 1) u of one sequential
+    #: accumulator per channel, u of the default accumulation dtype (Higham 2002 eq. (4.4)).
+    u_lin = UNIT_ROUNDOFF[default_acc] * max(m - 1, 0) if profile.summation == "recursive" else 0.0
+
     def b_spread(observable, value, magnitude):
-        """Spread of an observable produced at an overridden precision (0 otherwise)."""
+        """Spread of an observable produced at an overridden precision or reduced by a
+        recursive sum (0 otherwise)."""
         u = u_of(observable)
-        return SAFETY * u * (growth * np.abs(magnitude) + np.abs(value)) if u else 0.0
+        spread = SAFETY * u * (growth * np.abs(magnitude) + np.abs(value)) if u else 0.0
+        return spread + SAFETY * u_lin * np.abs(magnitude) if u_lin else spread
 
     zeros = lambda: np.zeros(L.num_features)  # noqa: E731
     # The running variance's interval as offsets below/above its value (model and SAFETY;
@@ -637,8 +658,10 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
         if prec:
             u_rm, u_rv = u_of("running_mean"), u_of("running_var")
             sp["running_mean"] = ((1 - factor) * sp["running_mean"]
-                                  + SAFETY * u_rm * (factor * growth * abs_mean + np.abs(rm)))
-            extra = SAFETY * u_rv * (factor * corr * growth * np.abs(mag_var) + np.abs(rv))
+                                  + SAFETY * u_rm * (factor * growth * abs_mean + np.abs(rm))
+                                  + SAFETY * u_lin * factor * abs_mean)
+            extra = (SAFETY * u_rv * (factor * corr * growth * np.abs(mag_var) + np.abs(rv))
+                     + SAFETY * u_lin * factor * corr * np.abs(mag_var))
             for k in rv_off:
                 batch_off = getattr(var_iv, k) if var_iv is not None else 0.0
                 if k.startswith("lo") and var_iv is not None and var_iv.clamped:
@@ -716,6 +739,9 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
                             + cv(_mul(np.abs(gamma) * mean_sp, s_top)) + cv(_mul(np.abs(gamma) * mean_model, ds)))
                     y_sp = np.where(cv(unbounded), np.inf, y_sp)
                 y_sp = y_sp + b_spread("output", y, y_mag)
+                if u_lin and use_batch:  # the recursive sum's batch mean, (m - 1) u E|x|, moves x - mean
+                    with np.errstate(invalid="ignore", over="ignore"):
+                        y_sp = y_sp + cv(SAFETY * u_lin * np.abs(gamma) * invstd * abs_mean)
             put(i, "output", y, y_mag, y_sp)
         elif isinstance(step, Backward):
             assert last is not None  # guaranteed by catalogue validation

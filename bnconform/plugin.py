@@ -529,6 +529,8 @@ def _suite_commit(root: Path) -> str | None:
 def pytest_configure(config):
     config.addinivalue_line("markers", "bnconform_cell: a (case, adapter) conformance cell")
     _default_paths(config)
+    config.addinivalue_line("markers", "large: a cell of a case reducing over >= 2^16 values per channel "
+                                       "(bnconform.catalogue.LARGE_REDUCTION_SIZE); -m 'not large' deselects them")
     _share_cores_between_workers(config)
     if "BNCONFORM_COMMIT" not in os.environ:  # inherited by xdist workers
         from .builtin import location
@@ -618,6 +620,8 @@ class CellItem(pytest.Item):
         super().__init__(**kwargs)
         self.case, self.spec = case, spec
         self.add_marker("bnconform_cell")
+        if case.large:
+            self.add_marker("large")
 
     @property
     def record(self) -> ResultRecord | None:

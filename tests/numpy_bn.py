@@ -170,6 +170,81 @@ class MutantGradBiasWrong(NumpyBatchNorm):
     name, grad_bias_sums_output = "mutant: grad_bias sums x_hat", True
 
 
+def _half_lanes_sum(v: np.ndarray, axes: tuple[int, ...], axis: int) -> np.ndarray:
+    """Per-channel sum of ``v`` over ``axes`` ACCUMULATED IN FLOAT16, the way a
+    vectorised CPU loop with half-precision accumulators does it: 8 lanes, each
+    summing its values sequentially (``np.add.accumulate`` rounds every partial
+    sum to float16; ``np.sum`` would not: NumPy's half reductions accumulate in
+    float32), then the 8 lanes. Returns float16 of shape (C,); inf once a
+    partial sum passes 65504."""
+    c = v.shape[axis]
+    flat = np.moveaxis(v.astype(np.float16), axis, 0).reshape(c, -1)
+    flat = np.pad(flat, ((0, 0), (0, -flat.shape[1] % 8))).reshape(c, -1, 8)
+    with np.errstate(over="ignore", invalid="ignore"):
+        lanes = np.add.accumulate(flat, axis=1, dtype=np.float16)[:, -1]
+        return np.add.accumulate(lanes, axis=1, dtype=np.float16)[:, -1]
+
+
+class MutantHalfAccumulation(NumpyBatchNorm):
+    """Float16 cases: every per-channel reduction (mean, variance, the two
+    backward sums, grad_weight, grad_bias) accumulates in float16 (8 sequential
+    lanes, :func:`_half_lanes_sum`) instead of float32. Its expectations file
+    declares it (``accumulation_dtype: input``, a modelled envelope that grows
+    like sqrt(m)): within that envelope on small reductions, while at real
+    network sizes the float16 partial sums stagnate (a value below half an ulp
+    of the partial sum is lost) and overflow to inf — fails."""
+
+    name = "mutant: float16 accumulation"
+    expectations = "data/expectations/numpy_bn_half_accumulation.yaml"
+
+    def _mean(self, cell, v):
+        n = v.size // v.shape[cell.case.input.axis]
+        s = _half_lanes_sum(v, cell.axes, cell.case.input.axis)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return (s.astype(np.float32) / np.float32(n)).astype(cell.pdt)
+
+    def forward(self, cell, x, mode):
+        if cell.case.input.dtype != "float16":
+            return super().forward(cell, x, mode)
+        L, pdt, axis, cv = cell.case.layer, cell.pdt, cell.case.input.axis, lambda v: self._cv(cell, v)
+        x = x.astype(pdt)
+        n = x.size // x.shape[axis]
+        if mode == "train" or not L.track_running_stats:
+            with np.errstate(over="ignore", invalid="ignore"):
+                mean = self._mean(cell, x)
+                var = self._mean(cell, (x - cv(mean)) ** 2)
+            if mode == "train" and L.track_running_stats:
+                cell.nbt += 1
+                f = 1.0 / max(cell.nbt, 1) if L.momentum is None else L.momentum
+                if n > 1:
+                    cell.rm = ((1 - f) * cell.rm + f * mean).astype(pdt)
+                    cell.rv = ((1 - f) * cell.rv + f * var * (n / (n - 1))).astype(pdt)
+            used_batch = True
+        else:
+            mean, var, used_batch = cell.rm, cell.rv, False
+        with np.errstate(invalid="ignore"):
+            denom = np.sqrt(var + L.eps)
+            x_hat = (x - cv(mean)) / cv(denom)
+        cell.cache = (x_hat, denom, used_batch)
+        return (x_hat * cv(cell.w) + cv(cell.b)).astype(cell.xdt)
+
+    def backward(self, cell, grad_output, retain):
+        if cell.case.input.dtype != "float16":
+            return super().backward(cell, grad_output, retain)
+        x_hat, denom, used_batch = cell.cache
+        pdt, axes, axis, cv = cell.pdt, cell.axes, cell.case.input.axis, lambda v: self._cv(cell, v)
+        g = grad_output.astype(pdt)
+        dxh = g * cv(cell.w)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if used_batch:
+                dx = (dxh - cv(self._mean(cell, dxh)) - x_hat * cv(self._mean(cell, dxh * x_hat))) / cv(denom)
+            else:
+                dx = dxh / cv(denom)
+            cell.grads = {"weight": _half_lanes_sum(g * x_hat, axes, axis).astype(pdt),
+                          "bias": _half_lanes_sum(g, axes, axis).astype(pdt)}
+        return dx.astype(cell.xdt), cell.grads
+
+
 MUTANTS = [MutantBiasedRunningVar, MutantMomentumFlipped, MutantEpsOutsideSqrt, MutantStatsNotUpdated,
            MutantNormaliseWithUnbiased, MutantEvalUsesBatchStats, MutantGlobalStatsGradBatchTerms,
            MutantCounterFrozen, MutantUpdatesFrozen, MutantGradBiasWrong]

@@ -372,6 +372,7 @@ _TRAIN_BWD_SGD_EVAL = [{"op": "forward", "mode": "train"}, {"op": "backward"}, {
     ("empty_batch_update", "nan", "float32", (0, 3)),
     ("empty_batch_update", "zero", "float32", (0, 3)),
     ("sgd_lr_dtype", "float32", "float64", (4, 3, 2, 2)),
+    ("summation", "recursive", "float32", (4, 3, 2, 2)),
 ])
 def test_a_precision_or_empty_batch_knob_is_never_ignored(knob, value, dtype, shape):
     steps = _TRAIN_BWD_SGD_EVAL if shape[0] else [{"op": "forward", "mode": "train"}]

@@ -31,7 +31,9 @@ def test_control_conforms_everywhere():
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=lambda m: m.name)
 def test_mutant_is_caught(mutant):
-    records = [run_cell(case, mutant(), "0") for case in CATALOGUE.cases]
+    # The semantic mutants on the small cases (the large ones only repeat them at 2^16+ values per
+    # channel, seconds each); the precision mutant at scale: tests/test_realistic.py.
+    records = [run_cell(case, mutant(), "0") for case in CATALOGUE.cases if not case.large]
     caught = [r.case_id for r in records if r.verdict == "fails"]
     assert caught, f"{mutant.name} passes the whole catalogue"
     # No mutant may crash the engine: only fails/conforms are possible here.
