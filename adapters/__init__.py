@@ -31,6 +31,8 @@ BUILTIN: dict[str, tuple[str, str]] = {
     "flax.nnx.BatchNorm[use_fast_variance=False]": ("adapters.flax_nnx:FlaxNNXBatchNormStableVariance", "flax"),
     "flax.linen.BatchNorm[use_fast_variance=False, jax.jit]": ("adapters.flax_jit:FlaxLinenBatchNormStableVarianceJit", "flax"),
     "flax.linen.BatchNorm[jax.jit]": ("adapters.flax_jit:FlaxLinenBatchNormJit", "flax"),
+    "flax.linen.BatchNorm[use_fast_variance=False, axis_name, jax.pmap]": ("adapters.flax_sync:FlaxLinenSyncPmap", "flax"),
+    "flax.linen.BatchNorm[use_fast_variance=False, axis_name, shard_map]": ("adapters.flax_sync:FlaxLinenSyncShardMap", "flax"),
     "onnxruntime BatchNormalization": ("adapters.onnxruntime_bn:OnnxRuntimeBatchNorm", "onnxruntime"),
     "onnx.reference BatchNormalization": ("adapters.onnxruntime_bn:OnnxReferenceBatchNorm", "onnx"),
     "paddle.nn.BatchNorm1D/2D/3D": ("adapters.paddle_bn:PaddleBatchNorm", "paddle"),
@@ -55,6 +57,7 @@ BUILTIN: dict[str, tuple[str, str]] = {
     "keras.layers.BatchNormalization[tensorflow, tf.function]": ("adapters.tf_compiled:BatchNormalizationTFFunction", "keras.tensorflow"),
     "keras.layers.BatchNormalization[tensorflow, tf.function(jit_compile=True)]": ("adapters.tf_compiled:BatchNormalizationTFXLA", "keras.tensorflow"),
     "keras.layers.BatchNormalization[tensorflow, synchronized=True]": ("adapters.tf_compiled:BatchNormalizationTFSynchronized", "keras.tensorflow"),
+    "keras.layers.BatchNormalization[tensorflow, synchronized=True, MirroredStrategy]": ("adapters.keras_mirrored:BatchNormalizationTFMirrored", "keras.tensorflow"),
     "tf.nn.moments+tf.nn.batch_normalization[tf.function]": ("adapters.tf_compiled:MomentsTFFunction", "tensorflow"),
     "tf.nn.moments+tf.nn.batch_normalization[tf.function(jit_compile=True)]": ("adapters.tf_compiled:MomentsTFXLA", "tensorflow"),
 }

@@ -1,0 +1,143 @@
+"""Keras 3 ``keras.layers.BatchNormalization(synchronized=True)`` on TensorFlow under
+``tf.distribute.MirroredStrategy`` over logical CPU devices (the replica cases,
+``cases/replicas.yaml``).
+
+Semantics relied on (keras 3.15.1, TF 2.21.0; read in the source):
+
+* ``synchronized=True`` -> ``keras/src/backend/tensorflow/nn.py`` ``moments``
+  -> ``_compute_moments_sync``: each replica reduces its ``sum(x)``,
+  ``sum(x^2)`` and its count; the three are all-reduced (SUM) through the
+  replica context, ``mean = divide_no_nan(sum, count)`` and ``variance =
+  max(E[x^2] - E[x]^2, 0)``: the union's statistics, weighted by counts,
+  with a one-pass variance (``keras3-synchronized-one-pass-variance``,
+  ``expectations/keras.yaml``). The moving variance is the biased one
+  (``keras3-biased-moving-variance``).
+* ``ReplicaContext.all_reduce`` (``tensorflow/python/distribute/distribute_lib.py``)
+  is differentiable: "The gradient of an all-sum is itself an all-sum", so
+  each replica's input gradient collects every replica's upstream gradient.
+* Keras' TF optimizer (``keras/src/backend/tensorflow/optimizer.py``
+  ``_backend_update_step``) all-reduces the replicas' gradients with SUM
+  (``_all_reduce_sum_gradients``) before updating the mirrored variables.
+
+Idioms translated (the ``tf.distribute`` custom-training-loop guide): R
+replicas are R logical CPU devices (``tf.config.set_logical_device_configuration``
+before TensorFlow initialises: :func:`adapters.keras3.logical_cpus`, called by
+the first keras-tf row to load); the layer and the optimizer are created under
+``strategy.scope()`` (mirrored variables, assigned the case's initial state
+from the cross-replica context); replica r's rows reach it through
+``experimental_distribute_values_from_function`` (uneven and empty per-replica
+batches included); forward and backward run in ``strategy.run`` (each replica
+its own persistent ``GradientTape``). ``grad_weight``/``grad_bias`` are the
+replicas' gradients all-reduced with SUM in the replica context (the gradient
+of the global loss; replica 0's copy reported); ``sgd_step`` passes each
+replica's LOCAL gradients to ``SGD.apply`` inside ``strategy.run``, which
+sums them itself. State is read per replica: ``experimental_local_results``
+of each mirrored variable, one row per replica.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bnconform.catalogue import Case
+
+from .keras3 import LOGICAL_CPUS, BatchNormalizationTF, logical_cpus
+
+
+class BatchNormalizationTFMirrored(BatchNormalizationTF):
+    name = "keras.layers.BatchNormalization[tensorflow, synchronized=True, MirroredStrategy]"
+    runs_replicas = True
+
+    def available(self) -> str | None:
+        reason = super().available()
+        if reason:
+            return reason
+        n = logical_cpus(LOGICAL_CPUS)
+        if n < LOGICAL_CPUS:
+            return (f"{self.name} needs {LOGICAL_CPUS} logical CPU devices, TensorFlow has {n}: it was initialised "
+                    f"before adapters/keras3.py could configure them")
+        return None
+
+    def capabilities(self, case: Case) -> str | None:
+        if case.replicas is None:
+            return ("a synchronized row: it runs the replica cases (cases/replicas.yaml); one replica is the rows "
+                    "keras.layers.BatchNormalization[tensorflow] and [tensorflow, synchronized=True]")
+        if len(case.replicas) > LOGICAL_CPUS:
+            return f"{len(case.replicas)} replicas, {LOGICAL_CPUS} logical CPU devices configured"
+        return super().capabilities(case)
+
+    def build(self, cell):
+        import tensorflow as tf
+
+        R = len(cell.case.replicas)
+        cell.strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(R)])
+        with cell.strategy.scope():
+            super().build(cell)
+        cell.layer.synchronized = True
+
+    def _distribute(self, cell, a: np.ndarray):
+        parts = [self.constant(a[sl], cell.dtype) for sl in cell.case.replica_slices]
+        return cell.strategy.experimental_distribute_values_from_function(
+            lambda ctx: parts[ctx.replica_id_in_sync_group])
+
+    def _local(self, cell, value) -> list:
+        return list(cell.strategy.experimental_local_results(value))
+
+    def forward(self, cell, x, mode):
+        import tensorflow as tf
+
+        layer, training = cell.layer, mode != "eval"
+        layer.trainable = mode != "train_global_stats"
+        self._flags(cell)
+        cell.tapes = {}
+
+        def replica_fn(xr):
+            rid = int(tf.distribute.get_replica_context().replica_id_in_sync_group)
+            if not cell.needs_grad:
+                return layer(xr, training=training)
+            tape = tf.GradientTape(persistent=True)
+            with tape:
+                tape.watch(xr)
+                y = layer(xr, training=training)
+            cell.tapes[rid] = (tape, xr, y)
+            return y
+
+        try:
+            ys = self._local(cell, cell.strategy.run(replica_fn, args=(self._distribute(cell, x),)))
+        finally:
+            layer.trainable = True
+            self._flags(cell)
+        return np.concatenate([self.to_numpy(y) for y in ys], axis=0)
+
+    def backward(self, cell, grad_output, retain):
+        import tensorflow as tf
+
+        learn = cell.learn
+
+        def replica_fn(gr):
+            ctx = tf.distribute.get_replica_context()
+            tape, xr, y = cell.tapes[int(ctx.replica_id_in_sync_group)]
+            dx, *local = tape.gradient(y, [xr] + [p.value for p in learn], output_gradients=gr)
+            total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local) if local else []
+            return dx, local, total
+
+        dx, local, total = cell.strategy.run(replica_fn, args=(self._distribute(cell, grad_output),))
+        cell.local_grads = local
+        dxs = self._local(cell, dx)
+        totals = [self._local(cell, t)[0] for t in total]
+        return np.concatenate([self.to_numpy(d) for d in dxs], axis=0), dict(zip(cell.trainable, totals))
+
+    def sgd_step(self, cell, lr):
+        import keras
+
+        if not cell.learn:
+            return
+        with cell.strategy.scope():
+            opt = keras.optimizers.SGD(learning_rate=lr)
+            opt.build(cell.learn)
+        learn = cell.learn
+        cell.strategy.run(lambda *grads: opt.apply(list(grads), learn), args=tuple(cell.local_grads))
+
+    def state(self, cell):
+        out = {"running_mean": cell.layer.moving_mean, "running_var": cell.layer.moving_variance, **cell.named}
+        return {name: np.stack([self.to_numpy(v) for v in self._local(cell, var.value)]) for name, var in out.items()}
