@@ -17,6 +17,7 @@ BUILTIN: dict[str, tuple[str, str]] = {
     "torch.nn.BatchNorm3d": ("adapters.torch_nn:BatchNorm3d", "torch"),
     "torch.nn.BatchNorm2d[channels_last]": ("adapters.torch_nn:BatchNorm2dChannelsLast", "torch"),
     "torch.nn.functional.batch_norm": ("adapters.torch_functional:FunctionalBatchNorm", "torch"),
+    "torch.nn.SyncBatchNorm[CPU, no process group]": ("adapters.torch_sync:SyncBatchNormCPU", "torch"),
     "torch.nn.BatchNormNd[cuda, cudnn]": ("adapters.torch_cuda:BatchNormCUDA", "torch.cuda"),
     "torch.nn.BatchNormNd[cuda, native]": ("adapters.torch_cuda:BatchNormCUDANative", "torch.cuda"),
     "torch.nn.BatchNorm2d[cuda, channels_last]": ("adapters.torch_cuda:BatchNorm2dCUDAChannelsLast", "torch.cuda"),
