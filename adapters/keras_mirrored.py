@@ -20,7 +20,8 @@ Semantics relied on (keras 3.15.1, TF 2.21.0; read in the source):
   (``_all_reduce_sum_gradients``) before updating the mirrored variables.
 
 Idioms translated (the ``tf.distribute`` custom-training-loop guide): R
-replicas are R logical CPU devices (``tf.config.set_logical_device_configuration``
+replicas are R logical CPU devices (``MirroredStrategy`` with
+``cross_device_ops=ReductionToOneDevice()``, see :meth:`build`) (``tf.config.set_logical_device_configuration``
 before TensorFlow initialises: :func:`adapters.keras3.logical_cpus`, called by
 the first keras-tf row to load); the layer and the optimizer are created under
 ``strategy.scope()`` (mirrored variables, assigned the case's initial state
@@ -70,7 +71,12 @@ class BatchNormalizationTFMirrored(BatchNormalizationTF):
         import tensorflow as tf
 
         R = len(cell.case.replicas)
-        cell.strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(R)])
+        # ReductionToOneDevice: the default collective all-reduce numbers its groups per strategy
+        # instance from 1, so strategies over 2 and then 3 devices in one process collide
+        # ("joining a group with size3, but that group has size 2 (group_key=1)", measured) and
+        # the aborted collective poisons the process. The reduction is the same SUM.
+        cell.strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(R)],
+                                                       cross_device_ops=tf.distribute.ReductionToOneDevice())
         with cell.strategy.scope():
             super().build(cell)
         cell.layer.synchronized = True
@@ -83,45 +89,57 @@ class BatchNormalizationTFMirrored(BatchNormalizationTF):
     def _local(self, cell, value) -> list:
         return list(cell.strategy.experimental_local_results(value))
 
-    def forward(self, cell, x, mode):
+    def _components(self, cell) -> list:
+        """The per-replica component variables of the moving statistics."""
+        return [c for var in (cell.layer.moving_mean, cell.layer.moving_variance) for c in self._local(cell, var.value)]
+
+    def _run(self, cell, x, mode, g=None):
+        """One ``strategy.run`` of the layer on each replica's rows of ``x`` in
+        ``mode``; with ``g``, under a tape, returning ``(y, dx, local grads,
+        all-reduced grads)`` per replica."""
         import tensorflow as tf
 
-        layer, training = cell.layer, mode != "eval"
-        layer.trainable = mode != "train_global_stats"
-        self._flags(cell)
-        cell.tapes = {}
+        layer, training, learn = cell.layer, mode != "eval", cell.learn
 
-        def replica_fn(xr):
-            rid = int(tf.distribute.get_replica_context().replica_id_in_sync_group)
-            if not cell.needs_grad:
+        def replica_fn(xr, gr=None):
+            if gr is None:
                 return layer(xr, training=training)
-            tape = tf.GradientTape(persistent=True)
-            with tape:
+            ctx = tf.distribute.get_replica_context()
+            with tf.GradientTape() as tape:
                 tape.watch(xr)
                 y = layer(xr, training=training)
-            cell.tapes[rid] = (tape, xr, y)
-            return y
+            dx, *local = tape.gradient(y, [xr] + [p.value for p in learn], output_gradients=gr)
+            total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local) if local else []
+            return y, dx, local, total
 
+        layer.trainable = mode != "train_global_stats"
+        self._flags(cell)
         try:
-            ys = self._local(cell, cell.strategy.run(replica_fn, args=(self._distribute(cell, x),)))
+            args = (self._distribute(cell, x),) + (() if g is None else (self._distribute(cell, g),))
+            return cell.strategy.run(replica_fn, args=args)
         finally:
             layer.trainable = True
             self._flags(cell)
+
+    def forward(self, cell, x, mode):
+        # The gradient of ReplicaContext.all_reduce all-reduces through the replica context of
+        # ITS strategy.run ("Mismatching ReplicaContext" from a later run): the backward
+        # recomputes this forward, under a tape, in one strategy.run with the upstream gradient,
+        # from the state this forward started from.
+        cell.saved = (x, mode, [c.numpy() for c in self._components(cell)])
+        ys = self._local(cell, self._run(cell, x, mode))
         return np.concatenate([self.to_numpy(y) for y in ys], axis=0)
 
     def backward(self, cell, grad_output, retain):
-        import tensorflow as tf
-
-        learn = cell.learn
-
-        def replica_fn(gr):
-            ctx = tf.distribute.get_replica_context()
-            tape, xr, y = cell.tapes[int(ctx.replica_id_in_sync_group)]
-            dx, *local = tape.gradient(y, [xr] + [p.value for p in learn], output_gradients=gr)
-            total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local) if local else []
-            return dx, local, total
-
-        dx, local, total = cell.strategy.run(replica_fn, args=(self._distribute(cell, grad_output),))
+        x, mode, before = cell.saved
+        after = [c.numpy() for c in self._components(cell)]
+        for c, v in zip(self._components(cell), before):
+            c.assign(v)
+        try:
+            _, dx, local, total = self._run(cell, x, mode, grad_output)
+        finally:
+            for c, v in zip(self._components(cell), after):  # the forward's update, exactly as it was
+                c.assign(v)
         cell.local_grads = local
         dxs = self._local(cell, dx)
         totals = [self._local(cell, t)[0] for t in total]
