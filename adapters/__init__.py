@@ -53,6 +53,7 @@ BUILTIN: dict[str, tuple[str, str]] = {
     "keras.layers.BatchNormalization[torch]": ("adapters.keras3:BatchNormalizationTorch", "keras.torch"),
     "tf_keras.layers.BatchNormalization(fused=True)": ("adapters.tf_keras:BatchNormalizationFused", "tf_keras"),
     "tf_keras.layers.BatchNormalization(fused=False)": ("adapters.tf_keras:BatchNormalizationNonFused", "tf_keras"),
+    "tf_keras.layers.BatchNormalization(synchronized=True)[MirroredStrategy]": ("adapters.tf_keras:BatchNormalizationSyncMirrored", "tf_keras"),
     "tf.nn.moments+tf.nn.batch_normalization": ("adapters.tf_nn:MomentsBatchNormalization", "tensorflow"),
     "tf.compat.v1.nn.fused_batch_norm": ("adapters.tf_nn:FusedBatchNorm", "tensorflow"),
     "keras.layers.BatchNormalization[tensorflow, tf.function]": ("adapters.tf_compiled:BatchNormalizationTFFunction", "keras.tensorflow"),

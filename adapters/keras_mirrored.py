@@ -45,29 +45,15 @@ from bnconform.catalogue import Case
 from .keras3 import LOGICAL_CPUS, BatchNormalizationTF, logical_cpus
 
 
-class BatchNormalizationTFMirrored(BatchNormalizationTF):
-    name = "keras.layers.BatchNormalization[tensorflow, synchronized=True, MirroredStrategy]"
+class MirroredReplicas:
+    """The replica program under ``tf.distribute.MirroredStrategy`` over logical CPUs,
+    shared by the Keras 3 and the tf-keras rows: subclasses give the layer's
+    variables (:meth:`tf_variable`, :meth:`learned`) and the optimizer step
+    (:meth:`apply_sgd`, called in each replica's context with its local gradients)."""
+
     runs_replicas = True
 
-    def available(self) -> str | None:
-        reason = super().available()
-        if reason:
-            return reason
-        n = logical_cpus(LOGICAL_CPUS)
-        if n < LOGICAL_CPUS:
-            return (f"{self.name} needs {LOGICAL_CPUS} logical CPU devices, TensorFlow has {n}: it was initialised "
-                    f"before adapters/keras3.py could configure them")
-        return None
-
-    def capabilities(self, case: Case) -> str | None:
-        if case.replicas is None:
-            return ("a synchronized row: it runs the replica cases (cases/replicas.yaml); one replica is the rows "
-                    "keras.layers.BatchNormalization[tensorflow] and [tensorflow, synchronized=True]")
-        if len(case.replicas) > LOGICAL_CPUS:
-            return f"{len(case.replicas)} replicas, {LOGICAL_CPUS} logical CPU devices configured"
-        return super().capabilities(case)
-
-    def build(self, cell):
+    def make_strategy(self, cell):
         import tensorflow as tf
 
         R = len(cell.case.replicas)
@@ -77,9 +63,33 @@ class BatchNormalizationTFMirrored(BatchNormalizationTF):
         # the aborted collective poisons the process. The reduction is the same SUM.
         cell.strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(R)],
                                                        cross_device_ops=tf.distribute.ReductionToOneDevice())
-        with cell.strategy.scope():
-            super().build(cell)
-        cell.layer.synchronized = True
+        return cell.strategy
+
+    def replica_reasons(self, case: Case, one_replica_rows: str) -> str | None:
+        if case.replicas is None:
+            return f"a synchronized row: it runs the replica cases (cases/replicas.yaml); one replica is {one_replica_rows}"
+        if len(case.replicas) > LOGICAL_CPUS:
+            return f"{len(case.replicas)} replicas, {LOGICAL_CPUS} logical CPU devices configured"
+        return None
+
+    def devices_missing(self) -> str | None:
+        n = logical_cpus(LOGICAL_CPUS)
+        if n < LOGICAL_CPUS:
+            return (f"{self.name} needs {LOGICAL_CPUS} logical CPU devices, TensorFlow has {n}: it was initialised "
+                    f"before the adapter could configure them (adapters/keras3.py logical_cpus)")
+        return None
+
+    @staticmethod
+    def tf_variable(var):
+        """The ``tf.Variable`` (a MirroredVariable) behind a layer variable."""
+        return var
+
+    def learned(self, cell) -> list:
+        """The variables the gradients are taken for (``cell.trainable`` order)."""
+        raise NotImplementedError
+
+    def apply_sgd(self, cell, lr, grads) -> None:
+        raise NotImplementedError
 
     def _distribute(self, cell, a: np.ndarray):
         parts = [self.constant(a[sl], cell.dtype) for sl in cell.case.replica_slices]
@@ -91,7 +101,8 @@ class BatchNormalizationTFMirrored(BatchNormalizationTF):
 
     def _components(self, cell) -> list:
         """The per-replica component variables of the moving statistics."""
-        return [c for var in (cell.layer.moving_mean, cell.layer.moving_variance) for c in self._local(cell, var.value)]
+        return [c for var in (cell.layer.moving_mean, cell.layer.moving_variance)
+                for c in self._local(cell, self.tf_variable(var))]
 
     def _run(self, cell, x, mode, g=None):
         """One ``strategy.run`` of the layer on each replica's rows of ``x`` in
@@ -99,7 +110,7 @@ class BatchNormalizationTFMirrored(BatchNormalizationTF):
         all-reduced grads)`` per replica."""
         import tensorflow as tf
 
-        layer, training, learn = cell.layer, mode != "eval", cell.learn
+        layer, training, learn = cell.layer, mode != "eval", self.learned(cell)
 
         def replica_fn(xr, gr=None):
             if gr is None:
@@ -108,18 +119,20 @@ class BatchNormalizationTFMirrored(BatchNormalizationTF):
             with tf.GradientTape() as tape:
                 tape.watch(xr)
                 y = layer(xr, training=training)
-            dx, *local = tape.gradient(y, [xr] + [p.value for p in learn], output_gradients=gr)
+            dx, *local = tape.gradient(y, [xr] + learn, output_gradients=gr)
             total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local) if local else []
             return y, dx, local, total
 
-        layer.trainable = mode != "train_global_stats"
-        self._flags(cell)
+        self.set_mode(cell, mode)
         try:
             args = (self._distribute(cell, x),) + (() if g is None else (self._distribute(cell, g),))
             return cell.strategy.run(replica_fn, args=args)
         finally:
-            layer.trainable = True
-            self._flags(cell)
+            self.set_mode(cell, None)
+
+    def set_mode(self, cell, mode) -> None:
+        """``layer.trainable = False`` for ``train_global_stats`` (None: back to True)."""
+        cell.layer.trainable = mode != "train_global_stats"
 
     def forward(self, cell, x, mode):
         # The gradient of ReplicaContext.all_reduce all-reduces through the replica context of
@@ -146,16 +159,48 @@ class BatchNormalizationTFMirrored(BatchNormalizationTF):
         return np.concatenate([self.to_numpy(d) for d in dxs], axis=0), dict(zip(cell.trainable, totals))
 
     def sgd_step(self, cell, lr):
+        if cell.trainable:
+            self.apply_sgd(cell, lr, cell.local_grads)
+
+    def state(self, cell):
+        out = {"running_mean": cell.layer.moving_mean, "running_var": cell.layer.moving_variance, **cell.named}
+        return {name: np.stack([self.to_numpy(v) for v in self._local(cell, self.tf_variable(var))])
+                for name, var in out.items()}
+
+
+class BatchNormalizationTFMirrored(MirroredReplicas, BatchNormalizationTF):
+    name = "keras.layers.BatchNormalization[tensorflow, synchronized=True, MirroredStrategy]"
+
+    def available(self) -> str | None:
+        return BatchNormalizationTF.available(self) or self.devices_missing()
+
+    def capabilities(self, case: Case) -> str | None:
+        return (self.replica_reasons(case, "the rows keras.layers.BatchNormalization[tensorflow] and "
+                                           "[tensorflow, synchronized=True]")
+                or BatchNormalizationTF.capabilities(self, case))
+
+    def build(self, cell):
+        with self.make_strategy(cell).scope():
+            BatchNormalizationTF.build(self, cell)
+        cell.layer.synchronized = True
+
+    @staticmethod
+    def tf_variable(var):
+        return var.value
+
+    def learned(self, cell):
+        return [p.value for p in cell.learn]
+
+    def set_mode(self, cell, mode):
+        super().set_mode(cell, mode)
+        self._flags(cell)
+
+    def apply_sgd(self, cell, lr, grads):
         import keras
 
-        if not cell.learn:
-            return
         with cell.strategy.scope():
             opt = keras.optimizers.SGD(learning_rate=lr)
             opt.build(cell.learn)
         learn = cell.learn
-        cell.strategy.run(lambda *grads: opt.apply(list(grads), learn), args=tuple(cell.local_grads))
-
-    def state(self, cell):
-        out = {"running_mean": cell.layer.moving_mean, "running_var": cell.layer.moving_variance, **cell.named}
-        return {name: np.stack([self.to_numpy(v) for v in self._local(cell, var.value)]) for name, var in out.items()}
+        # Keras' TF optimizer all-reduces (SUM) the replicas' gradients itself.
+        cell.strategy.run(lambda *g: opt.apply(list(g), learn), args=tuple(grads))

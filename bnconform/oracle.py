@@ -117,6 +117,17 @@ class Profile:
         ``maybe_distributed_mean``) — equal to the canonical one for equal
         per-replica counts; an empty replica's 0/0 mean makes everything NaN.
         Gradients follow the forward that was computed (:func:`replica_backward`).
+    ``empty_replica_update`` (replica cases only): what a replica holding NO
+        values does with the synchronized statistics. ``"global"`` (canonical):
+        it applies the same running update as every other replica (the
+        statistics are global; PyTorch ``SyncBatchNorm`` and Keras 3 update
+        every rank alike). ``"skip"``: it leaves its running statistics
+        unchanged, so the replicas' running statistics diverge (tf-keras
+        ``_assign_moving_average``'s ``tf.where(inputs_size > 0, ...)`` zero-size
+        guard, active under a distribution strategy,
+        ``tf_keras/layers/normalization/batch_normalization.py``). A replica's
+        batch size is the same in every batch of a case, so such a replica
+        keeps its INITIAL running statistics throughout.
 
     Precision knobs — they change the ERROR MODEL, not the semantics. Each
     widens the tolerance by an explicit, derived envelope (``Expected.spread``,
@@ -159,6 +170,7 @@ class Profile:
     sgd_lr_dtype: Literal["float64", "float32"] = "float64"
     empty_batch_update: Literal["skip", "nan", "zero"] = "skip"
     replica_reduction: Literal["count_weighted", "replica_average"] = "count_weighted"
+    empty_replica_update: Literal["global", "skip"] = "global"
     variance_algorithm: Literal["two_pass", "one_pass", "one_pass_clamped"] = "two_pass"
     compute_dtype: Literal["default", "input", "float64", "float32", "float16", "bfloat16"] = "default"
     accumulation_dtype: tuple[tuple[str, str], ...] = ()
@@ -1007,4 +1019,12 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
             put(i, "bias", b.copy(), mag["bias"].copy(), sp["bias"].copy())
     if case.replicas is not None:
         per_replica_state(out, len(case.replicas))
+        if profile.empty_replica_update == "skip" and 0 in case.replicas:
+            empty = [r for r, n in enumerate(case.replicas) if n == 0]
+            for (i, name), e in out.values.items():
+                if name in ("running_mean", "running_var"):
+                    init = np.asarray(arrays.init[name], dtype=np.float64)
+                    e.value[empty], e.magnitude[empty] = init, np.abs(init)
+                    if e.spread is not None:
+                        e.spread[empty] = 0.0
     return out

@@ -201,3 +201,24 @@ def test_one_replica_rows_report_replica_cases_unsupported():
     for c in REPLICA_CASES:
         r = run_cell(c, OneReplica(), "0")
         assert r.verdict == "unsupported" and "replicas" in r.reason and "numpy one replica" in r.reason
+
+
+def test_empty_replica_skip_keeps_that_replicas_initial_running_stats():
+    """``empty_replica_update: skip`` (tf-keras' zero-size guard): the empty replica's
+    state row stays at the initial running statistics, the others move; canonically
+    every row moves alike."""
+    case = _case([5, 0, 3], steps=[{"op": "forward", "mode": "train"}, {"op": "forward", "mode": "train", "batch": 1}])
+    arrays = generate(case)
+    skip = simulate(case, arrays, CANONICAL.with_options("skip", empty_replica_update="skip"))
+    canon = simulate(case, arrays)
+    for step in (0, 1):
+        for name in ("running_mean", "running_var"):
+            got, ref = skip.values[(step, name)].value, canon.values[(step, name)].value
+            np.testing.assert_array_equal(got[1], arrays.init[name].astype(np.float64))
+            np.testing.assert_array_equal(got[[0, 2]], ref[[0, 2]])
+            assert np.abs(ref[1] - got[1]).max() > 1e-3
+    # Without an empty replica the knob changes nothing.
+    case = _case([5, 3], steps=[{"op": "forward", "mode": "train"}])
+    a = simulate(case, generate(case), CANONICAL.with_options("skip", empty_replica_update="skip"))
+    np.testing.assert_array_equal(a.values[(0, "running_var")].value,
+                                  simulate(case, generate(case)).values[(0, "running_var")].value)
