@@ -4,7 +4,8 @@ and returns the verdict as a :class:`~bnconform.results.ResultRecord`.
 Verdict rules (one vocabulary everywhere):
 
 * ``unsupported`` — the adapter says the framework cannot express the case
-  (reason kept).
+  (reason kept); a replica case (``Case.replicas``, synchronized BatchNorm)
+  on a row without ``Adapter.runs_replicas`` (it runs one replica).
 * ``error`` — the framework raised (type, message and the last traceback
   lines kept).
 * ``conforms`` — every observed value matches the canonical oracle.
