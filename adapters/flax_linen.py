@@ -35,6 +35,17 @@ not depend on the order cases run in; float32 arrays stay float32).
 
 from __future__ import annotations
 
+import os
+import sys
+
+#: JAX host (CPU) devices the synchronized rows (adapters/flax_sync.py) map replicas on. XLA reads
+#: ``--xla_force_host_platform_device_count`` when jax initialises its CPU backend, so it is set
+#: here, before any flax row imports jax (the tox ``flax`` env sets it too). Computations of the
+#: other rows stay on the first device (``jax.devices()[0]``).
+HOST_DEVICES = 4
+if "jax" not in sys.modules and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + f" --xla_force_host_platform_device_count={HOST_DEVICES}").strip()
 
 from bnconform.adapter import Adapter
 from bnconform.catalogue import OBSERVABLES, Case

@@ -47,6 +47,27 @@ from bnconform.catalogue import OBSERVABLES, Case
 from ._keras import KerasLayer
 from ._tf import TFTape
 
+#: Logical CPU devices of TensorFlow in the keras-tf env: the replicas of the MirroredStrategy row
+#: (adapters/keras_mirrored.py). The other rows keep running on /CPU:0.
+LOGICAL_CPUS = 4
+
+
+def logical_cpus(n: int) -> int:
+    """Split TensorFlow's one physical CPU into ``n`` logical devices
+    (``tf.config.set_logical_device_configuration``, which must run before the
+    runtime initialises: the first process-wide call wins). Returns the number
+    of logical CPU devices the process has."""
+    import tensorflow as tf
+
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        if len(tf.config.get_logical_device_configuration(cpus[0]) or []) < n:
+            tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * n)
+    except RuntimeError:  # already initialised: keep what it has
+        pass
+    return len(tf.config.list_logical_devices("CPU"))
+
+
 _POLICY = {"float64": "float64", "float32": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
 
@@ -62,6 +83,8 @@ class _Keras3(KerasLayer):
     def framework_version(self) -> str:
         if "keras" not in sys.modules:
             os.environ.setdefault("KERAS_BACKEND", self.backend)
+            if os.environ["KERAS_BACKEND"] == "tensorflow":
+                logical_cpus(LOGICAL_CPUS)  # before keras (or any row) initialises TensorFlow
         keras = importlib.import_module("keras")
         active = keras.backend.backend()
         backend_module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(active, active)

@@ -33,6 +33,8 @@ from bnconform.catalogue import OBSERVABLES, Case
 
 from ._keras import load_initial_state
 from ._tf import TFTape
+from .keras3 import LOGICAL_CPUS, logical_cpus
+from .keras_mirrored import MirroredReplicas as _TFKerasMirrored
 
 _POLICY = {"float64": "float64", "float32": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
@@ -41,6 +43,11 @@ class _TFKeras(TFTape, Adapter):
     framework = "tf_keras"
     fused: bool | None = None
     observables = frozenset(OBSERVABLES) - {"num_batches_tracked"}
+
+    def framework_version(self) -> str:
+        # The MirroredStrategy row's replicas are logical CPUs: configured before TF initialises.
+        logical_cpus(LOGICAL_CPUS)
+        return super().framework_version()
 
     def capabilities(self, case: Case) -> str | None:
         L = case.layer
@@ -108,3 +115,50 @@ class BatchNormalizationNonFused(_TFKeras):
     ``tf.nn.batch_normalization`` + ``_assign_moving_average``."""
 
     name, fused = "tf_keras.layers.BatchNormalization(fused=False)", False
+
+
+class BatchNormalizationSyncMirrored(_TFKerasMirrored, _TFKeras):
+    """``tf_keras.layers.BatchNormalization(synchronized=True)`` under ``tf.distribute.MirroredStrategy``
+    over logical CPUs (the replica cases; the program of :mod:`adapters.keras_mirrored`).
+
+    ``synchronized=True`` forces ``fused=False`` (``BatchNormalization.__init__``);
+    ``_sync_calculate_mean_and_var`` all-reduces (SUM) each replica's sum, squared
+    sum and count: ``mean = divide_no_nan(sum, count)``, ``variance =
+    max(E[x^2] - E[x]^2, 0)`` (one pass), and ``_assign_moving_average`` the
+    BIASED variance (``tf-keras-nonfused-biased-moving-variance``). Under a
+    strategy ``_support_zero_size_input()`` may replace an empty replica's
+    moments by zeros (``tf.where(input_batch_size > 0, ...)``).
+    ``sgd_step``: ``tf_keras.optimizers.SGD(lr).apply_gradients`` in each
+    replica's context with its local gradients (the optimizer all-reduces them, SUM).
+    """
+
+    name = "tf_keras.layers.BatchNormalization(synchronized=True)[MirroredStrategy]"
+
+    def available(self) -> str | None:
+        return self.devices_missing()
+
+    def capabilities(self, case: Case) -> str | None:
+        return (self.replica_reasons(case, "the rows tf_keras.layers.BatchNormalization(fused=True/False)")
+                or _TFKeras.capabilities(self, case))
+
+    def build(self, cell):
+        import tf_keras
+
+        case, L, dt = cell.case, cell.case.layer, cell.dtype
+        with self.make_strategy(cell).scope():
+            policy = _POLICY[dt] if dt in ("float32", "float64") else tf_keras.mixed_precision.Policy(_POLICY[dt])
+            layer = cell.layer = tf_keras.layers.BatchNormalization(
+                axis=case.input.axis, momentum=1.0 - L.momentum, epsilon=L.eps, center=L.affine, scale=L.affine,
+                synchronized=True, dtype=policy)
+            load_initial_state(cell, layer)
+
+    def learned(self, cell):
+        return [cell.named[n] for n in cell.trainable]
+
+    def apply_sgd(self, cell, lr, grads):
+        import tf_keras
+
+        learn = self.learned(cell)
+        with cell.strategy.scope():
+            opt = tf_keras.optimizers.SGD(learning_rate=lr)
+        cell.strategy.run(lambda *g: opt.apply_gradients(zip(g, learn)), args=tuple(grads))

@@ -57,6 +57,14 @@ class Adapter:
     #: Plug-in adapters only: path of their expectations YAML (relative to the
     #: module defining the class). BUILTIN rows are found by their group.
     expectations: ClassVar[str | None] = None
+    #: Runs synchronized BatchNorm over the replicas of a replica case
+    #: (``Case.replicas``) on a distributed runtime: ``forward`` gets the global
+    #: batch and returns the replicas' outputs concatenated along axis 0,
+    #: ``backward`` the global input gradient and the cross-replica SUM of the
+    #: parameter gradients, ``state`` one row per replica (``(R, C)``; see
+    #: ``Case.replica_slices``). An adapter without it reports every replica
+    #: case ``unsupported``.
+    runs_replicas: ClassVar[bool] = False
 
     def framework_version(self) -> str:
         """Import the framework and return its version string.

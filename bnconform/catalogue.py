@@ -318,6 +318,11 @@ class Case(_Strict):
     input: Input
     steps: list[Step] = Field(min_length=1)
     observe: list[Literal[OBSERVABLES]] = Field(default_factory=lambda: list(OBSERVABLES))  # type: ignore[valid-type]
+    #: Synchronized BatchNorm across replicas: the per-replica batch sizes
+    #: ``[n_0, ..., n_{R-1}]`` (R >= 2, each >= 0, summing to ``input.shape[0]``);
+    #: replica r holds rows ``n_0 + ... + n_{r-1}`` up to ``+ n_r`` of every batch
+    #: along axis 0 (semantics: :attr:`replica_slices`).
+    replicas: list[int] | None = Field(default=None, min_length=2)
     # Filled by the loader, not by the YAML author.
     file: str = ""
     theme: str = ""
@@ -347,6 +352,14 @@ class Case(_Strict):
         for i, step in enumerate(self.steps):
             if isinstance(step, Backward) and step.grad_output.kind == "dataset":
                 raise ValueError(f"steps[{i}].grad_output: a dataset cannot be a gradient")
+        if self.replicas is not None:
+            if any(n < 0 for n in self.replicas):
+                raise ValueError("replicas: per-replica batch sizes must be >= 0")
+            if self.input.axis == 0:
+                raise ValueError("replicas split the batch axis 0, which cannot be the channel axis")
+            if sum(self.replicas) != self.input.shape[0]:
+                raise ValueError(f"replicas {self.replicas} sum to {sum(self.replicas)}, "
+                                 f"not to the batch size input.shape[0]={self.input.shape[0]}")
         dist = self.input.distribution
         if dist.kind == "dataset":
             features = DATASET_FEATURES[dist.dataset]
@@ -381,6 +394,29 @@ class Case(_Strict):
             if isinstance(step, Backward):
                 return True
         return False
+
+    @property
+    def replica_slices(self) -> list[slice] | None:
+        """Replica r's rows of a batch along axis 0 (``None`` for a one-replica case).
+
+        A replica case is SYNCHRONIZED BatchNorm over ``len(replicas)`` data-parallel
+        replicas (``keras.layers.BatchNormalization(synchronized=True)`` under a
+        ``tf.distribute`` strategy, ``flax.linen.BatchNorm(axis_name=...)`` under
+        ``jax.pmap``/``shard_map``, ``torch.nn.SyncBatchNorm``): the batch
+        statistics are those of the union of every replica's values (the global
+        batch ``input.shape``), and every replica keeps identical running
+        statistics and parameters. Observed: ``output``/``grad_input`` as the
+        global batch (the replicas' slices concatenated along axis 0), state
+        observables with one row per replica (shape ``(R, C)``; ``(R,)`` for
+        ``num_batches_tracked``) and ``grad_weight``/``grad_bias`` as the
+        cross-replica SUM of the per-replica gradients (the gradient of the
+        global loss, which a data-parallel optimizer applies): the oracle
+        (:func:`bnconform.oracle.simulate`) defines each.
+        """
+        if self.replicas is None:
+            return None
+        starts = [sum(self.replicas[:r]) for r in range(len(self.replicas))]
+        return [slice(s, s + n) for s, n in zip(starts, self.replicas)]
 
     @property
     def source_titles(self) -> str:

@@ -4,7 +4,8 @@ and returns the verdict as a :class:`~bnconform.results.ResultRecord`.
 Verdict rules (one vocabulary everywhere):
 
 * ``unsupported`` — the adapter says the framework cannot express the case
-  (reason kept).
+  (reason kept); a replica case (``Case.replicas``, synchronized BatchNorm)
+  on a row without ``Adapter.runs_replicas`` (it runs one replica).
 * ``error`` — the framework raised (type, message and the last traceback
   lines kept).
 * ``conforms`` — every observed value matches the canonical oracle.
@@ -166,6 +167,10 @@ def run_cell(case: Case, adapter: Adapter, framework_version: str | None = None,
     def record(verdict: str, reason: str | None = None, **extra) -> ResultRecord:
         return ResultRecord(**base, verdict=verdict, reason=reason, duration_s=time.perf_counter() - start, **extra)
 
+    if case.replicas is not None and not getattr(adapter, "runs_replicas", False):
+        return record("unsupported", f"{adapter.name} runs BatchNorm on one replica: this case is synchronized "
+                                     f"BatchNorm over {len(case.replicas)} replicas (per-replica batch sizes "
+                                     f"{case.replicas}), run by the rows on a distributed runtime")
     reason = adapter.capabilities(case)
     if reason:
         return record("unsupported", reason)

@@ -120,6 +120,8 @@ class Where(_Strict):
     * ``trainable``: each listed parameter is learnable (affine, not frozen).
     * ``sgd_lr_float32_exact``: every SGD learning rate of the program is a
       float32 number (``False``: some is not).
+    * ``replicas``: the case runs synchronized over replicas (``Case.replicas``).
+    * ``uneven_replicas``: the case's replicas hold different batch sizes.
     * ``tags``: the case has one of these tags.
     """
 
@@ -142,6 +144,8 @@ class Where(_Strict):
     trainable: list[Literal["weight", "bias"]] | None = None
     sgd_lr_float32_exact: bool | None = None
     tags: list[str] | None = None
+    replicas: bool | None = None
+    uneven_replicas: bool | None = None
     any_of: list["Where"] | None = Field(default=None, min_length=1)
 
     def matches(self, case: Case) -> bool:
@@ -204,6 +208,8 @@ _CONDITIONS = {
     "trainable": lambda c, v: c.layer.affine and not set(v) & set(c.layer.frozen),
     "sgd_lr_float32_exact": lambda c, v: all(_f32_exact(s.lr) for s in c.steps if isinstance(s, SgdStep)) == v,
     "tags": lambda c, v: bool(set(v) & set(c.tags)),
+    "replicas": lambda c, v: (c.replicas is not None) == v,
+    "uneven_replicas": lambda c, v: (c.replicas is not None and len(set(c.replicas)) > 1) == v,
 }
 assert set(_CONDITIONS) | {"any_of"} == set(Where.model_fields), "every selector needs its condition"
 

@@ -103,6 +103,32 @@ class Profile:
         ``keras/src/backend/tensorflow/nn.py`` ``_compute_moments_sync``) and
         are averaged in: the running statistics shrink by the decay.
 
+    ``replica_reduction`` (replica cases only, ``Case.replicas``): how the
+        per-replica statistics are combined across replicas. ``"count_weighted"``
+        (canonical): the statistics of the UNION of the replicas' values, each
+        replica weighted by its count (:func:`replica_batch_stats`; PyTorch
+        ``torch/nn/modules/_functions.py`` ``SyncBatchNorm.forward`` all-gathers
+        the per-replica counts and combines with
+        ``batch_norm_gather_stats_with_counts``; Keras ``_compute_moments_sync``
+        all-reduces the sums and the counts). ``"replica_average"``: the
+        unweighted average of the per-replica means and of the per-replica mean
+        squared deviations from that mean (``lax.pmean`` of per-device means:
+        Flax ``flax/linen/normalization.py`` ``_compute_stats``
+        ``maybe_distributed_mean``) — equal to the canonical one for equal
+        per-replica counts; an empty replica's 0/0 mean makes everything NaN.
+        Gradients follow the forward that was computed (:func:`replica_backward`).
+    ``empty_replica_update`` (replica cases only): what a replica holding NO
+        values does with the synchronized statistics. ``"global"`` (canonical):
+        it applies the same running update as every other replica (the
+        statistics are global; PyTorch ``SyncBatchNorm`` and Keras 3 update
+        every rank alike). ``"skip"``: it leaves its running statistics
+        unchanged, so the replicas' running statistics diverge (tf-keras
+        ``_assign_moving_average``'s ``tf.where(inputs_size > 0, ...)`` zero-size
+        guard, active under a distribution strategy,
+        ``tf_keras/layers/normalization/batch_normalization.py``). A replica's
+        batch size is the same in every batch of a case, so such a replica
+        keeps its INITIAL running statistics throughout.
+
     Precision knobs — they change the ERROR MODEL, not the semantics. Each
     widens the tolerance by an explicit, derived envelope (``Expected.spread``,
     see :func:`simulate`); the canonical profile has none.
@@ -157,6 +183,8 @@ class Profile:
     fixed_gamma: bool = False
     sgd_lr_dtype: Literal["float64", "float32"] = "float64"
     empty_batch_update: Literal["skip", "nan", "zero"] = "skip"
+    replica_reduction: Literal["count_weighted", "replica_average"] = "count_weighted"
+    empty_replica_update: Literal["global", "skip"] = "global"
     variance_algorithm: Literal["two_pass", "one_pass", "one_pass_clamped"] = "two_pass"
     compute_dtype: Literal["default", "input", "float64", "float32", "float16", "bfloat16"] = "default"
     accumulation_dtype: tuple[tuple[str, str], ...] = ()
@@ -312,6 +340,153 @@ def backward_global_stats(g, x, mean, var, eps, weight, axis):
     invstd = 1.0 / np.sqrt(var + eps)
     x_hat = (x - cv(mean)) * cv(invstd)
     return g * cv(weight * invstd), (g * x_hat).sum(axis=axes), g.sum(axis=axes)
+
+
+# ---------------------------------------------------------------- replicas
+#
+# Synchronized BatchNorm over R data-parallel replicas, written as the
+# distributed computation: each replica reduces ITS slice of the batch to
+# partial results, the partial results are reduced across replicas (the
+# all-reduce / all-gather), and each replica finishes with the global values.
+# Nothing here looks at the concatenated batch as a whole; that the result
+# equals :func:`batch_stats` / :func:`backward_batch_stats` on the concatenated
+# batch is CHECKED by tests/test_replicas.py, not assumed.
+
+
+def replica_weights(sizes: list[int], reduction: str = "count_weighted") -> np.ndarray:
+    """Weight ``W_r`` of replica r's statistics in the cross-replica combination, (R,) float64.
+
+    ``"count_weighted"``: ``n_r / sum(n)`` (the union of the replicas' values;
+    an empty replica weighs 0). ``"replica_average"``: ``1 / R`` for every
+    replica (``lax.pmean`` of per-replica means, Flax ``_compute_stats``).
+    Raises ``ValueError`` for an unknown reduction.
+    """
+    n = np.asarray(sizes, dtype=np.float64)
+    if reduction == "count_weighted":
+        return n / n.sum() if n.sum() else np.full(len(n), np.nan)
+    if reduction == "replica_average":
+        return np.full(len(n), 1.0 / len(n))
+    raise ValueError(f"unknown replica reduction {reduction!r}")
+
+
+def replica_partials(x: np.ndarray, axis: int, sizes: list[int]) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Each replica's partial statistics of its rows of ``x`` ((N, C, *), rows split
+    along axis 0 by ``sizes``): ``(count, mean, M2)`` per replica with ``count``
+    the values per channel it holds, ``mean`` (C,) and ``M2 = sum((x - mean)^2)``
+    (C,), two-pass within the replica (NaN mean for an empty replica: no values)."""
+    x = np.asarray(x, dtype=np.float64)
+    axes, out, start = reduce_axes(x.ndim, axis), [], 0
+    per_row = int(np.prod([x.shape[a] for a in axes if a != 0]))
+    for n in sizes:
+        part = x[start:start + n]
+        start += n
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = part.mean(axis=axes)
+            m2 = ((part - channel_view(mean, x.ndim, axis)) ** 2).sum(axis=axes)
+        out.append((n * per_row, mean, m2))
+    return out
+
+
+def replica_batch_stats(x: np.ndarray, axis: int, sizes: list[int],
+                        reduction: str = "count_weighted") -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and BIASED variance of synchronized BatchNorm, (C,) each, float64.
+
+    ``x``: the global batch ``(N, C, *)`` (channel at ``axis``), replica r
+    holding ``sizes[r]`` rows along axis 0. Computed from the per-replica
+    partials of :func:`replica_partials` combined across replicas with
+    weights ``W_r`` (:func:`replica_weights`)::
+
+        mean = sum_r W_r mean_r
+        var  = sum_r W_r (M2_r / n_r + (mean_r - mean)^2)
+
+    With ``W_r = n_r / n`` this is the parallel variance combination of Chan,
+    Golub & LeVeque (1979, "Updating formulae and a pairwise algorithm for
+    computing sample variances"), the one PyTorch's SyncBatchNorm applies to
+    per-replica (mean, invstd, count) (``torch/nn/modules/_functions.py``
+    ``SyncBatchNorm.forward`` -> ``torch.batch_norm_gather_stats_with_counts``):
+    the mean and biased variance of the union of all replicas' values (Ioffe &
+    Szegedy 2015 Alg. 1 on the global batch). Replicas with no values are
+    skipped (weight 0); every replica empty gives NaN (no statistics).
+    ``"replica_average"`` weighs every replica 1/R (an empty replica: NaN).
+    """
+    parts = replica_partials(x, axis, sizes)
+    counts = [c for c, _, _ in parts]
+    W = replica_weights(counts, reduction)
+    c = np.asarray(x).shape[axis % np.ndim(x)]
+    if not any(counts):
+        return np.full(c, np.nan), np.full(c, np.nan)
+    mean, var = np.zeros(c), np.zeros(c)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for (n, mu, _), w in zip(parts, W):
+            if n or reduction != "count_weighted":
+                mean = mean + w * mu
+        for (n, mu, m2), w in zip(parts, W):
+            if n or reduction != "count_weighted":
+                var = var + w * (m2 / n + (mu - mean) ** 2) if n else var + w * np.nan
+    return mean, var
+
+
+def replica_backward(g, x, mean, var, eps, weight, axis, sizes, reduction: str = "count_weighted"):
+    """Gradients of synchronized BatchNorm in training, through the cross-replica reduction.
+
+    ``g``, ``x``: the global batch ``(N, C, *)``; replica r holds ``sizes[r]``
+    rows. Each replica reduces its ``sum(g)`` and ``sum(g (x - mean))``; the
+    partial sums are SUMMED across replicas (PyTorch ``_functions.py``
+    ``SyncBatchNorm.backward``: ``batch_norm_backward_reduce`` then
+    ``all_reduce``), and replica r finishes with the global sums ``S_g``,
+    ``S_gx``::
+
+        dx_r = w s (g_r - a_r S_g - a_r (x_r - mean) s^2 S_gx),  s = 1/sqrt(var + eps)
+
+    where ``a_r = W_r / n_r`` is the weight of one of replica r's values in the
+    mean (``1/n`` canonically: the derivative of the union's mean and variance;
+    ``1/(R n_r)`` for ``"replica_average"``, the derivative of that forward). So
+    replica r's input gradient depends on every replica's upstream gradient.
+    ``dweight`` and ``dbias`` are the cross-replica sums of the per-replica
+    ``s sum(g_r (x_r - mean))`` and ``sum(g_r)``: the gradient of the global loss.
+    Returns ``(dx, dweight, dbias)``: dx of the shape of ``x``, the others (C,).
+    """
+    x, g = np.asarray(x, np.float64), np.asarray(g, np.float64)
+    axes, cv = reduce_axes(x.ndim, axis), (lambda v: channel_view(v, x.ndim, axis))
+    per_row = int(np.prod([x.shape[a] for a in axes if a != 0]))
+    W = replica_weights([n * per_row for n in sizes], reduction)
+    invstd = 1.0 / np.sqrt(var + eps)
+    starts = np.cumsum([0] + list(sizes))
+    s_g = s_gx = 0.0
+    for r in range(len(sizes)):  # the per-replica partial sums, all-reduced
+        gr, xr = g[starts[r]:starts[r + 1]], x[starts[r]:starts[r + 1]]
+        s_g = s_g + gr.sum(axis=axes)
+        s_gx = s_gx + (gr * (xr - cv(mean))).sum(axis=axes)
+    pieces = []
+    for r, n in enumerate(sizes):
+        gr, xr = g[starts[r]:starts[r + 1]], x[starts[r]:starts[r + 1]]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            a = W[r] / (n * per_row) if n else 0.0
+        pieces.append(cv(weight * invstd) * (gr - a * cv(s_g) - a * (xr - cv(mean)) * cv(invstd ** 2 * s_gx)))
+    return np.concatenate(pieces, axis=0), invstd * s_gx, s_g
+
+
+def replica_grad_weights(x: np.ndarray, axis: int, sizes: list[int], reduction: str) -> np.ndarray:
+    """``a`` of :func:`replica_backward` per row of ``x``, shaped to broadcast against ``x``."""
+    axes = reduce_axes(np.ndim(x), axis)
+    per_row = int(np.prod([np.shape(x)[a] for a in axes if a != 0]))
+    W = replica_weights([n * per_row for n in sizes], reduction)
+    a = np.concatenate([np.full(n, W[r] / (n * per_row) if n else 0.0) for r, n in enumerate(sizes)])
+    return a.reshape((-1,) + (1,) * (np.ndim(x) - 1))
+
+
+def per_replica_state(expectation: "Expectation", replicas: int) -> None:
+    """Give every state observable of ``expectation`` one identical row per
+    replica (value, magnitude, spread broadcast to ``(R, *shape)``): after
+    every step, every replica must hold the same running statistics and
+    parameters (in place)."""
+    from .catalogue import STATE_OBSERVABLES
+
+    for key, e in list(expectation.values.items()):
+        if key[1] in STATE_OBSERVABLES:
+            rows = lambda a: None if a is None else np.broadcast_to(a, (replicas,) + np.shape(a)).copy()  # noqa: E731
+            expectation.values[key] = Expected(rows(e.value), rows(e.magnitude), rows(e.spread))
 
 
 # ---------------------------------------------------------------- precision
@@ -569,7 +744,26 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
       of inputs to ``c``: magnitudes include ``|x|``).
 
     The canonical profile computes none of this (``spread`` is None).
+
+    Replica cases (``case.replicas``, synchronized BatchNorm): the batch
+    statistics of a training forward are :func:`replica_batch_stats` of the
+    replicas' slices, its gradients :func:`replica_backward` (per-replica
+    partial sums reduced across replicas); the running update uses the
+    GLOBAL count ``m`` in Bessel's correction (the union of the replicas'
+    values is the batch; PyTorch ``_functions.py`` passes the gathered
+    ``count_all`` to ``batch_norm_gather_stats_with_counts``, which updates
+    ``running_var`` with ``var * n / (n - 1)`` for the global ``n``). Every
+    state observable is expected once per replica, identical
+    (:func:`per_replica_state`, shape ``(R, C)``). A one-pass
+    ``variance_algorithm`` is emulated on the global batch, which is exact for
+    ``count_weighted`` (a sum is a sum, whatever the replicas' summation order the
+    bound covers) but not for ``replica_average``: that combination raises
+    ``ValueError`` (not modelled).
     """
+    if (case.replicas is not None and profile.replica_reduction != "count_weighted"
+            and profile.variance_algorithm != "two_pass"):
+        raise ValueError(f"profile {profile.name!r}: a one-pass variance with replica_reduction="
+                         f"{profile.replica_reduction!r} is not modelled")
     L, axis = case.layer, case.input.axis
     as32 = lambda v: None if v is None else float(np.float32(v))  # noqa: E731
     if profile.eps_dtype == "float32":
@@ -689,7 +883,10 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
             use_batch = as_train or not L.track_running_stats
             var_iv = None
             if use_batch:
-                mean, var = batch_stats(x, axis)  # NaN for an empty batch; the output is empty
+                if case.replicas is None:
+                    mean, var = batch_stats(x, axis)  # NaN for an empty batch; the output is empty
+                else:  # synchronized over replicas: per-replica partials reduced across replicas
+                    mean, var = replica_batch_stats(x, axis, case.replicas, profile.replica_reduction)
                 # Two-pass variance: rounding of (x - mean) costs ~u*|x| per term.
                 mag_var = var + 2.0 * np.sqrt(var) * abs_mean
                 if profile.variance_algorithm != "two_pass" and m > 0:
@@ -750,10 +947,20 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
             axes = reduce_axes(ndim, axis)
             gamma, gamma_mag = effective_gamma()
             with np.errstate(invalid="ignore", divide="ignore"):
-                dx, dw, db = fn(g, last.x, last.mean, last.var, L.eps, gamma, axis)
+                if case.replicas is not None and last.used_batch:
+                    dx, dw, db = replica_backward(g, last.x, last.mean, last.var, L.eps, gamma, axis,
+                                                  case.replicas, profile.replica_reduction)
+                    a = replica_grad_weights(last.x, axis, case.replicas, profile.replica_reduction)
+                else:
+                    dx, dw, db = fn(g, last.x, last.mean, last.var, L.eps, gamma, axis)
+                    a = 1.0 / max(m, 1)  # the weight of one value in the batch mean
                 invstd = 1.0 / np.sqrt(last.var + L.eps)
                 xh_mag = (np.abs(last.x) + cv(np.abs(last.mean))) * cv(invstd)
-                if last.used_batch:
+                if last.used_batch and case.replicas is not None:  # a: one value's weight in the mean
+                    dx_mag = cv(gamma_mag * invstd) * (np.abs(g) + a * np.abs(g).sum(axis=axes, keepdims=True)
+                                                       + xh_mag * a * (np.abs(g) * xh_mag).sum(axis=axes,
+                                                                                               keepdims=True))
+                elif last.used_batch:
                     dx_mag = cv(gamma_mag * invstd) * (np.abs(g) + np.abs(g).mean(axis=axes, keepdims=True)
                                                        + xh_mag * (np.abs(g) * xh_mag).mean(axis=axes, keepdims=True))
                 else:
@@ -836,4 +1043,14 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
         if L.affine:
             put(i, "weight", w.copy(), mag["weight"].copy(), sp["weight"].copy())
             put(i, "bias", b.copy(), mag["bias"].copy(), sp["bias"].copy())
+    if case.replicas is not None:
+        per_replica_state(out, len(case.replicas))
+        if profile.empty_replica_update == "skip" and 0 in case.replicas:
+            empty = [r for r, n in enumerate(case.replicas) if n == 0]
+            for (i, name), e in out.values.items():
+                if name in ("running_mean", "running_var"):
+                    init = np.asarray(arrays.init[name], dtype=np.float64)
+                    e.value[empty], e.magnitude[empty] = init, np.abs(init)
+                    if e.spread is not None:
+                        e.spread[empty] = 0.0
     return out

@@ -40,6 +40,15 @@ class NumpyBatchNorm(Adapter):
     variance_algorithm = "two_pass"
     #: Empty-batch behaviour of the running update: "skip", "nan" or "zero".
     empty_batch_update = "skip"
+    #: Replica cases (synchronized BN): whether the variance is all-reduced
+    #: (False: each replica normalises with its own variance about the global
+    #: mean) and which count Bessel's correction uses ("global" or "replica").
+    sync_variance = True
+    bessel_count = "global"
+
+    #: Replica cases run as R NumPy "replicas" whose partial sums are summed
+    #: (the all-reduce), each keeping its own copy of the state.
+    runs_replicas = True
 
     observables = frozenset(OBSERVABLES)
 
@@ -52,6 +61,10 @@ class NumpyBatchNorm(Adapter):
         cell.rm, cell.rv = cell.init("running_mean"), cell.init("running_var")
         cell.w, cell.b = cell.init("weight"), cell.init("bias")
         cell.nbt, cell.cache, cell.grads = 0, None, {}
+        if case.replicas is not None:  # one copy of the state per replica
+            R = len(case.replicas)
+            cell.rm, cell.rv, cell.w, cell.b = (np.stack([v] * R) for v in (cell.rm, cell.rv, cell.w, cell.b))
+            cell.nbt = np.zeros(R, dtype=np.int64)
 
     @staticmethod
     def _cv(cell, v):
@@ -60,6 +73,8 @@ class NumpyBatchNorm(Adapter):
         return v.reshape(shape)
 
     def forward(self, cell, x, mode):
+        if cell.case.replicas is not None:
+            return self._forward_replicas(cell, x, mode)
         L, pdt, axis, cv = cell.case.layer, cell.pdt, cell.case.input.axis, lambda v: self._cv(cell, v)
         x = x.astype(pdt)
         n = x.size // x.shape[axis]
@@ -105,7 +120,81 @@ class NumpyBatchNorm(Adapter):
         cell.cache = (x_hat, denom, batch or self.global_stats_grad_has_batch_terms)
         return (x_hat * cv(cell.w) + cv(cell.b)).astype(cell.xdt)
 
+    def _forward_replicas(self, cell, x, mode):
+        """Synchronized BN: replica r sees only its rows; the sums are all-reduced
+        (summed) across replicas: two reductions, the global mean first, then the
+        squared deviations from it (or x and x^2 together for a one-pass variance)."""
+        L, pdt, case = cell.case.layer, cell.pdt, cell.case
+        cv = lambda v: self._cv(cell, v)  # noqa: E731
+        xs = [x[sl].astype(pdt) for sl in case.replica_slices]
+        per_row = x[:1].size // x.shape[case.input.axis] if x.shape[0] else 0
+        counts = [xr.shape[0] * per_row for xr in xs]
+        n = sum(counts)
+        batch = mode == "train" or not L.track_running_stats or self.eval_uses_batch_stats
+        R = len(xs)
+        if batch:
+            mean = (sum(xr.sum(axis=cell.axes) for xr in xs) / pdt.type(n)).astype(pdt)
+            if self.variance_algorithm == "two_pass":
+                sq = [((xr - cv(mean)) ** 2).sum(axis=cell.axes) for xr in xs]
+            else:  # E[x^2] - E[x]^2 from all-reduced sums (Keras _compute_moments_sync)
+                s2 = (sum((xr * xr).sum(axis=cell.axes) for xr in xs) / pdt.type(n)).astype(pdt)
+                v = (s2 - mean * mean).astype(pdt)
+                if self.variance_algorithm == "one_pass_clamped":
+                    v = np.maximum(v, 0).astype(pdt)
+                sq = [v * c for c in counts]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                if self.sync_variance:
+                    var = [(sum(sq) / pdt.type(n)).astype(pdt)] * R
+                else:  # mutant: each replica's own variance (about the global mean)
+                    var = [(q / pdt.type(c)).astype(pdt) for q, c in zip(sq, counts)]
+            if mode == "train" and L.track_running_stats and self.update_running_stats:
+                if self.count_batches:
+                    cell.nbt = cell.nbt + 1
+                for r in range(R):
+                    if L.momentum is None:
+                        f = 1.0 / max(int(cell.nbt[r]), 1)
+                    else:
+                        f = L.momentum if not self.momentum_is_decay else 1.0 - L.momentum
+                    k = n if self.bessel_count == "global" else counts[r]
+                    with np.errstate(invalid="ignore", divide="ignore"):
+                        pop = var[r] if self.running_var_biased else var[r] * (np.float64(k) / np.float64(k - 1))
+                    cell.rm[r] = ((1 - f) * cell.rm[r] + f * mean).astype(pdt)
+                    cell.rv[r] = ((1 - f) * cell.rv[r] + f * pop).astype(pdt)
+            means, norm_vars = [mean] * R, var
+        else:
+            means, norm_vars = list(cell.rm), list(cell.rv)
+        outs, cache = [], []
+        for r, xr in enumerate(xs):
+            with np.errstate(invalid="ignore"):
+                denom = np.sqrt(norm_vars[r] + L.eps)
+            x_hat = (xr - cv(means[r])) / cv(denom)
+            cache.append((x_hat, denom))
+            outs.append((x_hat * cv(cell.w[r]) + cv(cell.b[r])).astype(cell.xdt))
+        cell.cache = (cache, batch, n)
+        return np.concatenate(outs, axis=0)
+
+    def _backward_replicas(self, cell, grad_output):
+        """Per-replica partial sums of dy and dy x_hat, all-reduced (summed); the
+        parameter gradients are all-reduced too (the global loss's gradient)."""
+        cache, used_batch, n = cell.cache
+        pdt, axes, cv = cell.pdt, cell.axes, lambda v: self._cv(cell, v)
+        gs = [grad_output[sl].astype(pdt) for sl in cell.case.replica_slices]
+        dxh = [g * cv(cell.w[r]) for r, g in enumerate(gs)]
+        s1 = sum(d.sum(axis=axes) for d in dxh)
+        s2 = sum((d * xh).sum(axis=axes) for d, (xh, _) in zip(dxh, cache))
+        dx = []
+        for d, (x_hat, denom) in zip(dxh, cache):
+            if used_batch:
+                dx.append((d - cv(s1 / pdt.type(n)) - x_hat * cv(s2 / pdt.type(n))) / cv(denom))
+            else:
+                dx.append(d / cv(denom))
+        cell.grads = {"weight": sum((g * xh).sum(axis=axes) for g, (xh, _) in zip(gs, cache)).astype(pdt),
+                      "bias": sum(g.sum(axis=axes) for g in gs).astype(pdt)}
+        return np.concatenate(dx, axis=0).astype(cell.xdt), cell.grads
+
     def backward(self, cell, grad_output, retain):
+        if cell.case.replicas is not None:
+            return self._backward_replicas(cell, grad_output)
         x_hat, denom, used_batch = cell.cache
         pdt, axes, cv = cell.pdt, cell.axes, lambda v: self._cv(cell, v)
         g = grad_output.astype(pdt)
@@ -119,7 +208,7 @@ class NumpyBatchNorm(Adapter):
                       "bias": (x_hat if self.grad_bias_sums_output else g).sum(axis=axes).astype(pdt)}
         return dx.astype(cell.xdt), cell.grads
 
-    def sgd_step(self, cell, lr):
+    def sgd_step(self, cell, lr):  # replica cases: every replica's row, with the all-reduced gradient
         if "weight" in cell.trainable or self.update_frozen:
             cell.w = (cell.w - lr * cell.grads["weight"]).astype(cell.pdt)
         if "bias" in cell.trainable or self.update_frozen:
@@ -245,9 +334,24 @@ class MutantHalfAccumulation(NumpyBatchNorm):
         return dx.astype(cell.xdt), cell.grads
 
 
+class MutantSyncMeanOnly(NumpyBatchNorm):
+    """Synchronized BN that all-reduces only the mean: each replica's variance is local."""
+
+    name, sync_variance = "mutant: synchronized mean, local variance", False
+
+
+class MutantBesselReplicaCount(NumpyBatchNorm):
+    """Synchronized BN whose running variance uses the per-replica count in Bessel's correction."""
+
+    name, bessel_count = "mutant: Bessel's correction with the per-replica count", "replica"
+
+
+#: Mutants of synchronized BN: only replica cases can catch them.
+REPLICA_MUTANTS = [MutantSyncMeanOnly, MutantBesselReplicaCount]
+
 MUTANTS = [MutantBiasedRunningVar, MutantMomentumFlipped, MutantEpsOutsideSqrt, MutantStatsNotUpdated,
            MutantNormaliseWithUnbiased, MutantEvalUsesBatchStats, MutantGlobalStatsGradBatchTerms,
-           MutantCounterFrozen, MutantUpdatesFrozen, MutantGradBiasWrong]
+           MutantCounterFrozen, MutantUpdatesFrozen, MutantGradBiasWrong] + REPLICA_MUTANTS
 
 
 class RaisingAdapter(NumpyBatchNorm):
