@@ -58,6 +58,10 @@ class Adapter:
     #: Plug-in adapters only: path of their expectations YAML (relative to the
     #: module defining the class). BUILTIN rows are found by their group.
     expectations: ClassVar[str | None] = None
+    #: ``PreLayer.kind`` values (``"conv"``, ``"linear"``) whose composite cases
+    #: the adapter builds as the block ``pre -> BatchNorm`` (it then reads
+    #: ``arrays.pre``); composite cases of other kinds are ``unsupported``.
+    blocks: ClassVar[frozenset[str]] = frozenset()
 
     def framework_version(self) -> str:
         """Import the framework and return its version string.

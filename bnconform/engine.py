@@ -144,7 +144,11 @@ def run_cell(case: Case, adapter: Adapter, framework_version: str | None = None,
     def record(verdict: str, reason: str | None = None, **extra) -> ResultRecord:
         return ResultRecord(**base, verdict=verdict, reason=reason, duration_s=time.perf_counter() - start, **extra)
 
-    reason = adapter.capabilities(case)
+    if case.pre is not None and case.pre.kind not in adapter.blocks:
+        reason = (f"{adapter.name} runs a BatchNorm alone; this composite case puts a {case.pre.kind} layer "
+                  "before it (a block the adapter does not build: Adapter.blocks)")
+    else:
+        reason = adapter.capabilities(case)
     if reason:
         return record("unsupported", reason)
     entries = for_adapter(adapter) if expectations is None else tuple(expectations)

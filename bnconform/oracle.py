@@ -299,6 +299,43 @@ def backward_global_stats(g, x, mean, var, eps, weight, axis):
     return g * cv(weight * invstd), (g * x_hat).sum(axis=axes), g.sum(axis=axes)
 
 
+def pre_forward(kind: str, x, weight, bias=None) -> tuple[np.ndarray, np.ndarray]:
+    """The layer before the BatchNorm of a composite case (``catalogue.PreLayer``),
+    in float64: returns ``(z, magnitude)``, both shaped like the BatchNorm input.
+
+    ``kind="linear"``: ``x`` (N, C_in), ``weight`` (C_out, C_in): ``z = x W^T + b``
+    (``torch.nn.Linear``; ONNX ``Gemm`` with ``transB=1``).
+    ``kind="conv"``: ``x`` (N, C_in, *S), ``weight`` (C_out, C_in, *K) with odd
+    K: ``z[n, o, p] = sum_{c, k} W[o, c, k] xpad[n, c, p + k] + b[o]``, a
+    cross-correlation (no kernel flip: ``torch.nn.functional.conv2d``, ONNX
+    ``Conv``) with stride 1 and zero padding ``(K - 1) / 2``, so z has x's
+    spatial shape. ``bias``: (C_out,) or None.
+
+    ``magnitude`` is the same computation on ``|x|``, ``|W|``, ``|b|`` (the
+    running-error magnitude of the dot products, Higham 2002 sec. 3.1): a
+    dot product of K terms in unit roundoff u errs by at most ``~u sqrt(K)``
+    times it (the probabilistic model of :mod:`bnconform.compare`).
+    """
+    x, w = np.asarray(x, dtype=np.float64), np.asarray(weight, dtype=np.float64)
+    b = None if bias is None else np.asarray(bias, dtype=np.float64)
+
+    def apply(xv, wv, bv):
+        if kind == "linear":
+            out = xv @ wv.T
+            return out if bv is None else out + bv
+        k = wv.shape[2:]
+        pads = [(0, 0), (0, 0)] + [((kk - 1) // 2, (kk - 1) // 2) for kk in k]
+        win = np.lib.stride_tricks.sliding_window_view(np.pad(xv, pads), k, axis=tuple(range(2, xv.ndim)))
+        # win: (N, C_in, *S, *K) -> sum over C_in and K against W (C_out, C_in, *K)
+        sp = xv.ndim - 2
+        letters = "defgh"[:sp]
+        kl = "pqrst"[:sp]
+        out = np.einsum(f"nc{letters}{kl},oc{kl}->no{letters}", win, wv, optimize=True)
+        return out if bv is None else out + channel_view(bv, out.ndim, 1)
+
+    return apply(x, w, b), apply(np.abs(x), np.abs(w), None if b is None else np.abs(b))
+
+
 # ---------------------------------------------------------------- precision
 
 def unit_roundoff(dtype: str) -> float:
@@ -658,10 +695,13 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
     for i, step in enumerate(case.steps):
         if isinstance(step, Forward):
             x = np.asarray(arrays.batches[step.batch], dtype=np.float64)
+            x_abs = np.abs(x)
+            if case.pre is not None:  # composite: the BatchNorm sees the preceding layer's output
+                x, x_abs = pre_forward(case.pre.kind, x, arrays.pre["weight"], arrays.pre.get("bias"))
             axes = reduce_axes(ndim, axis)
             with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                abs_mean = np.abs(x).mean(axis=axes)
+                abs_mean = x_abs.mean(axis=axes)
             as_train = step.mode == "train" and profile.train_statistics == "batch"
             use_batch = as_train or not L.track_running_stats
             var_iv = None
@@ -692,7 +732,7 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
                 invstd = 1.0 / np.sqrt(var + L.eps)
                 # mag["weight"] >= |w|: it carries the rounding history of gamma (SGD
                 # updates that cancel leave a small gamma with an absolute error).
-                y_mag = cv(gamma_mag * invstd) * (np.abs(x) + cv(np.abs(mean))) + cv(mag["bias"])
+                y_mag = cv(gamma_mag * invstd) * (x_abs + cv(np.abs(mean))) + cv(mag["bias"])
             y_sp = None
             if prec:
                 if use_batch:
