@@ -19,6 +19,8 @@ BUILTIN: dict[str, tuple[str, str]] = {
     "torch.nn.functional.batch_norm": ("adapters.torch_functional:FunctionalBatchNorm", "torch"),
     "torch.nn.LazyBatchNormNd": ("adapters.torch_entry:LazyBatchNorm", "torch"),
     "torch.func.functional_call(nn.BatchNormNd)": ("adapters.torch_entry:FunctionalCall", "torch"),
+    "torch.nn.ConvNd/Linear -> BatchNormNd": ("adapters.torch_entry:ConvBatchNorm", "torch"),
+    "torch.nn.utils.fusion.fuse_conv_bn_eval/fuse_linear_bn_eval": ("adapters.torch_entry:FusedConvBatchNorm", "torch"),
     "torch.jit.script(nn.BatchNormNd)": ("adapters.torch_entry:JitScript", "torch.export"),
     "torch.jit.trace(nn.BatchNormNd)": ("adapters.torch_entry:JitTrace", "torch.export"),
     "torch.export.export(nn.BatchNormNd).module()": ("adapters.torch_entry:TorchExport", "torch.export"),

@@ -158,6 +158,14 @@ class JitTrace(_ByRank):
 class TorchExport(_ByRank):
     name = "torch.export.export(nn.BatchNormNd).module()"
 
+    def capabilities(self, case: Case) -> str | None:
+        if case.uses_cumulative_average:
+            return ("torch.export cannot export a train-mode momentum=None BatchNorm: the factor "
+                    "1.0 / float(self.num_batches_tracked) (torch/nn/modules/batchnorm.py) reads a buffer's value "
+                    "(measured: GuardOnDataDependentSymNode 'Could not extract specialized integer from "
+                    "data-dependent expression u0')")
+        return super().capabilities(case)
+
     def build(self, cell):
         super().build(cell)
         cell.programs = {}
@@ -168,3 +176,76 @@ class TorchExport(_ByRank):
             ep = self.torch.export.export(m, (x.detach(),))
             cell.programs[m.training] = ep.module()
         return cell.programs[m.training](x)
+
+
+class _Block(TorchAdapter):
+    """A composite case's block ``nn.ConvNd(padding='same' as (k - 1) / 2) / nn.Linear -> nn.BatchNormNd``
+    (``case.pre``), the conv/linear weights copied from ``arrays.pre``; forward-only programs."""
+
+    observables = frozenset(OBSERVABLES)
+    blocks = frozenset({"conv", "linear"})
+
+    def capabilities(self, case: Case) -> str | None:
+        if case.pre is None:
+            return (f"{self.name} is the Conv/Linear -> BatchNorm block of the composite theme; this case has "
+                    "no preceding layer (the BatchNorm alone runs on the torch.nn.BatchNormNd rows)")
+        return super().capabilities(case)
+
+    def build(self, cell):
+        torch, case, pre = self.torch, cell.case, cell.case.pre
+        c_in, c_out, dt = case.input.shape[1], case.layer.num_features, getattr(torch, cell.dtype)
+        if pre.kind == "linear":
+            cell.pre = torch.nn.Linear(c_in, c_out, bias=pre.bias, dtype=dt)
+        else:
+            conv = getattr(torch.nn, f"Conv{len(pre.kernel)}d")
+            cell.pre = conv(c_in, c_out, tuple(pre.kernel), padding=tuple((k - 1) // 2 for k in pre.kernel),
+                            bias=pre.bias, dtype=dt)
+        with torch.no_grad():
+            cell.pre.weight.copy_(self.tensor(cell.arrays.pre["weight"], cell.dtype))
+            if pre.bias:
+                cell.pre.bias.copy_(self.tensor(cell.arrays.pre["bias"], cell.dtype))
+        cell.module = self.build_module(case, cell.arrays, MODULE_BY_RANK[len(case.input.shape)])
+
+    def forward(self, cell, x, mode):
+        cell.pre.train(mode == "train")
+        cell.module.train(mode == "train")
+        with self.torch.no_grad():
+            return cell.module(cell.pre(self.tensor(x, cell.dtype)))
+
+    def state(self, cell):
+        m = cell.module
+        names = ("running_mean", "running_var", "num_batches_tracked", "weight", "bias")
+        return {n: v for n in names if (v := getattr(m, n, None)) is not None}
+
+
+class ConvBatchNorm(_Block):
+    name = "torch.nn.ConvNd/Linear -> BatchNormNd"
+
+
+class FusedConvBatchNorm(_Block):
+    """``torch/nn/utils/fusion.py``: ``fuse_conv_bn_eval(conv, bn)`` / ``fuse_linear_bn_eval(linear, bn)``
+    return ONE conv / linear with ``W' = W * (gamma * rsqrt(var + eps))`` and ``b' = (b - mean) *
+    rsqrt(var + eps) * gamma + beta`` (``fuse_conv_bn_weights``); both assert eval mode
+    ("Fusion only for eval!"). An ``eval`` forward runs the fused layer built from the current state (what
+    a deployment does after training); ``train`` and ``train_global_stats`` (a training graph) run the
+    unfused block: folding in training is refused by the function itself."""
+
+    name = "torch.nn.utils.fusion.fuse_conv_bn_eval/fuse_linear_bn_eval"
+
+    def capabilities(self, case: Case) -> str | None:
+        if case.pre is not None and not case.layer.track_running_stats:
+            return ("fuse_conv_bn_eval / fuse_linear_bn_eval fold the running statistics; without them "
+                    "(track_running_stats=False) the function refuses (measured: AssertionError "
+                    "'bn.running_mean and bn.running_var must not be None'): nothing to fold")
+        return super().capabilities(case)
+
+    def forward(self, cell, x, mode):
+        if mode != "eval":
+            return super().forward(cell, x, mode)
+        from torch.nn.utils import fusion
+
+        cell.pre.eval()
+        cell.module.eval()
+        fuse = fusion.fuse_linear_bn_eval if cell.case.pre.kind == "linear" else fusion.fuse_conv_bn_eval
+        with self.torch.no_grad():
+            return fuse(cell.pre, cell.module)(self.tensor(x, cell.dtype))
