@@ -118,6 +118,12 @@ class Where(_Strict):
     * ``sgd_lr_float32_exact``: every SGD learning rate of the program is a
       float32 number (``False``: some is not).
     * ``tags``: the case has one of these tags.
+    * ``equal_initial_values``: the initial ``weight`` equals the initial
+      ``running_var`` or the initial ``bias`` the initial ``running_mean``,
+      channel for channel (without ``affine``: weight 1, bias 0, the values an
+      exporter writes) — tensors a constant-sharing pass merges into one.
+    * ``nonempty_batches``: every input batch has at least one value per
+      channel (``reduction_size > 0``).
     """
 
     dtype: list[Literal[DTYPES]] | None = None  # type: ignore[valid-type]
@@ -139,6 +145,8 @@ class Where(_Strict):
     trainable: list[Literal["weight", "bias"]] | None = None
     sgd_lr_float32_exact: bool | None = None
     tags: list[str] | None = None
+    equal_initial_values: bool | None = None
+    nonempty_batches: bool | None = None
     any_of: list["Where"] | None = Field(default=None, min_length=1)
 
     def matches(self, case: Case) -> bool:
@@ -174,6 +182,17 @@ def _modes(case: Case) -> set[str]:
     return {s.mode for s in case.steps if isinstance(s, Forward)}
 
 
+def _equal_initial_values(case: Case) -> bool:
+    import numpy as np
+
+    from .arrays import generate
+
+    init = generate(case).init
+    w = init["weight"] if case.layer.affine else np.ones(case.layer.num_features)
+    b = init["bias"] if case.layer.affine else np.zeros(case.layer.num_features)
+    return bool(np.array_equal(w, init["running_var"]) or np.array_equal(b, init["running_mean"]))
+
+
 def _f32_exact(v: float) -> bool:
     import numpy as np
 
@@ -201,6 +220,8 @@ _CONDITIONS = {
     "trainable": lambda c, v: c.layer.affine and not set(v) & set(c.layer.frozen),
     "sgd_lr_float32_exact": lambda c, v: all(_f32_exact(s.lr) for s in c.steps if isinstance(s, SgdStep)) == v,
     "tags": lambda c, v: bool(set(v) & set(c.tags)),
+    "equal_initial_values": lambda c, v: _equal_initial_values(c) == v,
+    "nonempty_batches": lambda c, v: (c.input.reduction_size > 0) == v,
 }
 assert set(_CONDITIONS) | {"any_of"} == set(Where.model_fields), "every selector needs its condition"
 

@@ -103,6 +103,16 @@ class Profile:
         ``keras/src/backend/tensorflow/nn.py`` ``_compute_moments_sync``) and
         are averaged in: the running statistics shrink by the decay.
 
+    ``aliased_affine_update``: a batch-statistics forward scales and shifts
+        with the UPDATED running statistics wherever gamma / beta held the same
+        values as running_var / running_mean before the step (gamma equal to
+        running_var -> new running_var, else equal to running_mean -> new
+        running_mean; likewise beta): a runtime that merges equal constant
+        tensors into one buffer and writes the running update into its input
+        buffers before computing the output (onnxruntime: ConstantSharing, and
+        the CPU kernel's ``Alias(3,1).Alias(4,2)`` in
+        ``onnxruntime/core/providers/cpu/nn/batch_norm.cc``; microsoft/onnxruntime#29790).
+
     Precision knobs — they change the ERROR MODEL, not the semantics. Each
     widens the tolerance by an explicit, derived envelope (``Expected.spread``,
     see :func:`simulate`); the canonical profile has none.
@@ -143,6 +153,7 @@ class Profile:
     fixed_gamma: bool = False
     sgd_lr_dtype: Literal["float64", "float32"] = "float64"
     empty_batch_update: Literal["skip", "nan", "zero"] = "skip"
+    aliased_affine_update: bool = False
     variance_algorithm: Literal["two_pass", "one_pass", "one_pass_clamped"] = "two_pass"
     compute_dtype: Literal["default", "input", "float64", "float32", "float16", "bfloat16"] = "default"
     accumulation_dtype: tuple[tuple[str, str], ...] = ()
@@ -721,18 +732,30 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
             else:
                 mean, var, mag_var = rm.copy(), rv.copy(), None
             last = _Forward(x, use_batch, mean, var, abs_mean)
+            rm0, rv0 = rm.copy(), rv.copy()
             if as_train and L.track_running_stats:
                 if profile.update_at == "forward":
                     apply_update(mean, var, abs_mean, mag_var, var_iv)
                 else:
                     last.pending = (mean, var, abs_mean, mag_var, var_iv)
             gamma, gamma_mag = effective_gamma()
+            beta, beta_mag = b, mag["bias"]
+            if profile.aliased_affine_update and use_batch and m > 0 and L.momentum is not None:
+                # The updated running statistics overwrite a gamma / beta that held equal values.
+                new = {"rv": ema(rv0, population_variance(var, m, profile.running_var_correction), L.momentum),
+                       "rm": ema(rm0, mean, L.momentum)}
+
+                def aliased(p):
+                    return new["rv"] if np.array_equal(p, rv0) else new["rm"] if np.array_equal(p, rm0) else p
+
+                gamma, beta = aliased(gamma), aliased(b)
+                gamma_mag, beta_mag = np.maximum(gamma_mag, np.abs(gamma)), np.maximum(beta_mag, np.abs(beta))
             with np.errstate(invalid="ignore", divide="ignore"):
-                y = normalize(x, mean, var, L.eps, gamma, b, axis)
+                y = normalize(x, mean, var, L.eps, gamma, beta, axis)
                 invstd = 1.0 / np.sqrt(var + L.eps)
                 # mag["weight"] >= |w|: it carries the rounding history of gamma (SGD
                 # updates that cancel leave a small gamma with an absolute error).
-                y_mag = cv(gamma_mag * invstd) * (x_abs + cv(np.abs(mean))) + cv(mag["bias"])
+                y_mag = cv(gamma_mag * invstd) * (x_abs + cv(np.abs(mean))) + cv(beta_mag)
             y_sp = None
             if prec:
                 if use_batch:
