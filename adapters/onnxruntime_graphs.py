@@ -164,3 +164,52 @@ class ExportedTrainingYOnly(_ExportedGraph):
     name = "onnxruntime BatchNormalization[initializers, training_mode=1 Y only, ORT_ENABLE_ALL]"
     level, running_outputs = "ORT_ENABLE_ALL", False
     observables = frozenset({"output"})
+
+
+class OpenVINOExportedGraph(_ExportedGraph):
+    """The same exported-style ONNX files (initializers; Conv/Gemm -> BN for composite cases) read by
+    OpenVINO's ONNX frontend and compiled for its CPU plugin (``openvino.Core().compile_model(model,
+    "CPU")``) with ``INFERENCE_PRECISION_HINT=f32`` (the CPU plugin otherwise picks bf16 on CPUs with
+    bf16/AMX units: ``src/plugins/intel_cpu/src/config.cpp``). The plugin's graph optimisations fold BN
+    into a preceding convolution (``src/common/transformations``: ``ConvolutionMultiplyFusion`` after
+    the BN decomposition)."""
+
+    name = "openvino CPU (ONNX BatchNormalization, initializers)"
+    framework = "openvino"
+    level = "openvino CPU, INFERENCE_PRECISION_HINT=f32"
+
+    def capabilities(self, case: Case) -> str | None:
+        if case.input.dtype == "float16":
+            return ("OpenVINO's ONNX frontend cannot convert BatchNormalization-15 with float16 X and float32 "
+                    "scale/B/mean/var (the T/T1/T2 split the schema allows; measured: OpConversionFailure "
+                    "'BatchNormInference ... Input element types do not match')")
+        return super().capabilities(case)
+
+    def framework_version(self) -> str:
+        from importlib.metadata import version
+
+        return version("openvino")
+
+    def framework_build(self) -> str | None:
+        import openvino
+
+        return f"{openvino.__version__}; onnx opset {OPSET}; INFERENCE_PRECISION_HINT=f32"
+
+    def forward(self, cell, x, mode):
+        import os
+        import tempfile
+
+        import openvino as ov
+
+        training = uses_batch_stats(cell.case, mode)
+        core = ov.Core()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "model.onnx")
+            with open(path, "wb") as f:
+                f.write(self.model(cell, training).SerializeToString())
+            compiled = core.compile_model(core.read_model(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        result = compiled({0: np.ascontiguousarray(x)})
+        out = [result[o] for o in compiled.outputs]
+        if training and self.running_outputs and cell.case.layer.track_running_stats:
+            cell.rm, cell.rv = np.asarray(out[1]).copy(), np.asarray(out[2]).copy()
+        return out[0]
