@@ -38,6 +38,7 @@ BUILTIN: dict[str, tuple[str, str]] = {
     "flax.nnx.BatchNorm[use_fast_variance=False]": ("adapters.flax_nnx:FlaxNNXBatchNormStableVariance", "flax"),
     "flax.linen.BatchNorm[use_fast_variance=False, jax.jit]": ("adapters.flax_jit:FlaxLinenBatchNormStableVarianceJit", "flax"),
     "flax.linen.BatchNorm[jax.jit]": ("adapters.flax_jit:FlaxLinenBatchNormJit", "flax"),
+    'equinox.nn.BatchNorm(mode="batch")': ("adapters.equinox_bn:EquinoxBatchNorm", "equinox"),
     "onnxruntime BatchNormalization": ("adapters.onnxruntime_bn:OnnxRuntimeBatchNorm", "onnxruntime"),
     "onnxruntime BatchNormalization[initializers, ORT_DISABLE_ALL]": ("adapters.onnxruntime_graphs:ExportedDisabled", "onnxruntime"),
     "onnxruntime BatchNormalization[initializers, ORT_ENABLE_BASIC]": ("adapters.onnxruntime_graphs:ExportedBasic", "onnxruntime"),

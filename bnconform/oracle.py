@@ -113,6 +113,15 @@ class Profile:
         the CPU kernel's ``Alias(3,1).Alias(4,2)`` in
         ``onnxruntime/core/providers/cpu/nn/batch_norm.cc``; microsoft/onnxruntime#29790).
 
+    ``eval_zero_debias``: a running-statistics forward normalises with
+        ``running / (1 - d^t)``, ``d = 1 - momentum`` the decay and ``t`` the
+        training updates so far (``t = 0``: as is): the Adam-style "zero
+        debias" of an average that started at ZERO (Haiku
+        ``ExponentialMovingAverage(zero_debias=True)``), applied by Equinox
+        ``BatchNorm(mode="batch")`` (``equinox/nn/_batch_norm.py``) to running
+        statistics initialised at 0 and 1. The running statistics themselves
+        stay the plain moving average.
+
     Precision knobs — they change the ERROR MODEL, not the semantics. Each
     widens the tolerance by an explicit, derived envelope (``Expected.spread``,
     see :func:`simulate`); the canonical profile has none.
@@ -154,6 +163,7 @@ class Profile:
     sgd_lr_dtype: Literal["float64", "float32"] = "float64"
     empty_batch_update: Literal["skip", "nan", "zero"] = "skip"
     aliased_affine_update: bool = False
+    eval_zero_debias: bool = False
     variance_algorithm: Literal["two_pass", "one_pass", "one_pass_clamped"] = "two_pass"
     compute_dtype: Literal["default", "input", "float64", "float32", "float16", "bfloat16"] = "default"
     accumulation_dtype: tuple[tuple[str, str], ...] = ()
@@ -731,6 +741,9 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
                                           SAFETY * bound + known, clamped)
             else:
                 mean, var, mag_var = rm.copy(), rv.copy(), None
+                if profile.eval_zero_debias and nbt > 0 and L.momentum is not None:
+                    scale = 1.0 - (1.0 - L.momentum) ** nbt
+                    mean, var = mean / scale, var / scale
             last = _Forward(x, use_batch, mean, var, abs_mean)
             rm0, rv0 = rm.copy(), rv.copy()
             if as_train and L.track_running_stats:
