@@ -120,8 +120,9 @@ class _Functional(PaddleBatchNorm):
             return
         lr = paddle.to_tensor(lr, dtype=cell.param_dtype)
         with paddle.no_grad():
-            for n in cell.trainable:  # plain SGD on the caller's leaf tensors
-                cell.params[n].set_value(cell.params[n] - lr * cell.params[n].grad)
+            for n in cell.trainable:  # plain SGD on the caller's leaf tensors; no gradient, no update
+                if cell.params[n].grad is not None:  # (as paddle.optimizer.SGD skips them)
+                    cell.params[n].set_value(cell.params[n] - lr * cell.params[n].grad)
 
     def state(self, cell):
         return {**cell.running, **cell.params}
@@ -141,6 +142,26 @@ class FunctionalBatchStats(_Functional):
 
 class ToStatic(PaddleBatchNorm):
     name = "paddle.jit.to_static(paddle.nn.BatchNorm1D/2D/3D)"
+
+    def capabilities(self, case: Case) -> str | None:
+        from bnconform.catalogue import Backward
+
+        reason = super().capabilities(case)
+        if reason:
+            return reason
+        last = None
+        for i, step in enumerate(case.steps):
+            if isinstance(step, Forward):
+                last = step.mode
+            elif isinstance(step, Backward):
+                if last != "train":
+                    return ("paddle.jit.to_static runs an eval() layer with its inference program, which has no "
+                            "backward (measured: the input's gradient is None after backward)")
+                if case.backward_follows(i):
+                    return ("paddle.jit.to_static frees the program's intermediates after the first backward: a "
+                            "second backward through the same forward (retain_graph=True) fails (measured: "
+                            "PreconditionNotMetError 'Tensor holds no memory')")
+        return None
 
     def build(self, cell):
         import paddle
