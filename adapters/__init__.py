@@ -73,6 +73,7 @@ BUILTIN: dict[str, tuple[str, str]] = {
     "tf.compat.v1.nn.fused_batch_norm[tf.function(jit_compile=True)]": ("adapters.tf_entry:FusedBatchNormXLA", "tensorflow"),
     "tf.raw_ops.FusedBatchNormV3": ("adapters.tf_entry:RawFusedBatchNormV3", "tensorflow"),
     "tf.raw_ops.FusedBatchNormV3[tf.function(jit_compile=True)]": ("adapters.tf_entry:RawFusedBatchNormV3XLA", "tensorflow"),
+    "keras.layers.BatchNormalization[tensorflow, mask=all True]": ("adapters.keras_mask:BatchNormalizationTFMasked", "keras.tensorflow"),
     "keras.layers.BatchNormalization[tensorflow, tf.function]": ("adapters.tf_compiled:BatchNormalizationTFFunction", "keras.tensorflow"),
     "keras.layers.BatchNormalization[tensorflow, tf.function(jit_compile=True)]": ("adapters.tf_compiled:BatchNormalizationTFXLA", "keras.tensorflow"),
     "keras.layers.BatchNormalization[tensorflow, synchronized=True]": ("adapters.tf_compiled:BatchNormalizationTFSynchronized", "keras.tensorflow"),
