@@ -66,6 +66,11 @@ class Adapter:
     #: case ``unsupported``.
     runs_replicas: ClassVar[bool] = False
 
+    #: ``PreLayer.kind`` values (``"conv"``, ``"linear"``) whose composite cases
+    #: the adapter builds as the block ``pre -> BatchNorm`` (it then reads
+    #: ``arrays.pre``); composite cases of other kinds are ``unsupported``.
+    blocks: ClassVar[frozenset[str]] = frozenset()
+
     def framework_version(self) -> str:
         """Import the framework and return its version string.
 

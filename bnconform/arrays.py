@@ -25,6 +25,7 @@ from .catalogue import Backward, Case, Distribution, Forward
 
 # Stream ids for the seeded generators: (case seed, stream, index).
 _STREAM_INPUT, _STREAM_GRAD, _STREAM_PARAM = 0, 1, 2
+_STREAM_PRE = 3  # the preceding layer of a composite case: index 0 weight, 1 bias
 _PARAM_INDEX = {"running_mean": 0, "running_var": 1, "weight": 2, "bias": 3}
 
 
@@ -138,6 +139,9 @@ class CaseArrays:
     ``batches[k]``: input batch k, shape ``case.input.shape``.
     ``grad_outputs[i]``: dL/dy for the backward at step index i.
     ``init[name]``: initial running_mean / running_var / weight / bias, shape (C,).
+    ``pre[name]``: a composite case's preceding layer (``case.pre``):
+    ``weight`` ``(C_out, C_in, *kernel)`` and, with ``pre.bias``, ``bias``
+    ``(C_out,)``, in the input's storage dtype; empty otherwise.
     """
 
     dtype: str
@@ -145,6 +149,7 @@ class CaseArrays:
     batches: dict[int, np.ndarray] = field(default_factory=dict)
     grad_outputs: dict[int, np.ndarray] = field(default_factory=dict)
     init: dict[str, np.ndarray] = field(default_factory=dict)
+    pre: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def generate(case: Case) -> CaseArrays:
@@ -163,4 +168,9 @@ def generate(case: Case) -> CaseArrays:
         else:
             v = np.broadcast_to(np.asarray(spec, dtype=np.float64), (c,)).copy()
         out.init[name] = cast(v, out.param_dtype)
+    if case.pre is not None:
+        wshape = (c, shape[1], *case.pre.kernel)
+        out.pre["weight"] = cast(draw(case.pre.weight, wshape, 0, (inp.seed, _STREAM_PRE, 0)), inp.dtype)
+        if case.pre.bias:
+            out.pre["bias"] = cast(draw(case.pre.bias_init, (c,), 0, (inp.seed, _STREAM_PRE, 1)), inp.dtype)
     return out

@@ -264,6 +264,38 @@ class Input(_Strict):
         return math.prod(self.shape) // max(self.shape[self.axis], 1) if self.shape[self.axis] else 0
 
 
+class PreLayer(_Strict):
+    """A linear layer BEFORE the BatchNorm (the composite theme: Conv -> BN,
+    Linear -> BN, the blocks inference engines fold BN into).
+
+    ``kind: conv``: a cross-correlation over every spatial axis (PyTorch
+    ``nn.ConvNd``, ONNX ``Conv``), stride 1, zero padding ``(k - 1) / 2`` per
+    axis (``kernel`` sizes odd: "same" padding), so the BatchNorm input keeps
+    the spatial shape of the case's input and ``input.reduction_size`` is
+    the BatchNorm's ``m``; weight shape ``(C_out, C_in, *kernel)``.
+    ``kind: linear``: ``x @ W.T + b`` on ``(N, C_in)`` input (``nn.Linear``,
+    ONNX ``Gemm`` with ``transB=1``); weight ``(C_out, C_in)``.
+
+    ``C_in`` is ``input.shape[1]`` (channels-first only), ``C_out`` is
+    ``layer.num_features``. ``weight`` and ``bias`` (with ``bias: true``) are
+    drawn with the case seed and stored in the input dtype; the layer is not
+    trained (composite cases are forward-only programs).
+    """
+
+    kind: Literal["conv", "linear"]
+    kernel: list[int] = Field(default_factory=list)
+    bias: bool = True
+    weight: Distribution = Field(default_factory=lambda: Distribution(std=0.5))
+    bias_init: Distribution = Field(default_factory=Distribution)
+
+    @field_validator("kernel")
+    @classmethod
+    def _odd(cls, v):
+        if any(k < 1 or k % 2 == 0 for k in v):
+            raise ValueError("kernel sizes must be odd and >= 1 ('same' padding (k - 1) / 2)")
+        return v
+
+
 class Forward(_Strict):
     """Run the layer on batch ``batch`` in ``mode``:
 
@@ -317,6 +349,8 @@ class Case(_Strict):
     layer: Layer
     input: Input
     steps: list[Step] = Field(min_length=1)
+    #: an optional Conv / Linear layer before the BatchNorm (composite theme; :class:`PreLayer`)
+    pre: PreLayer | None = None
     observe: list[Literal[OBSERVABLES]] = Field(default_factory=lambda: list(OBSERVABLES))  # type: ignore[valid-type]
     #: Synchronized BatchNorm across replicas: the per-replica batch sizes
     #: ``[n_0, ..., n_{R-1}]`` (R >= 2, each >= 0, summing to ``input.shape[0]``);
@@ -330,6 +364,9 @@ class Case(_Strict):
     @model_validator(mode="after")
     def _consistent(self):
         c = self.input.shape[self.input.axis]
+        if self.pre is not None:
+            self._check_pre()
+            c = self.layer.num_features
         if c != self.layer.num_features:
             raise ValueError(
                 f"layer.num_features={self.layer.num_features} but input.shape[channel_axis]={c}"
@@ -366,6 +403,26 @@ class Case(_Strict):
             if len(self.input.shape) != 2 or self.input.axis != 1 or self.input.shape[1] != features:
                 raise ValueError(f"input.shape must be [N, {features}] (channel_axis 1) for dataset {dist.dataset}")
         return self
+
+    def _check_pre(self):
+        pre, rank = self.pre, len(self.input.shape)
+        if self.input.axis != 1:
+            raise ValueError("pre: a composite case is channels-first (channel_axis 1)")
+        if pre.kind == "linear" and (rank != 2 or pre.kernel):
+            raise ValueError("pre.kind linear takes (N, C_in) input and no kernel")
+        if pre.kind == "conv" and (rank < 3 or len(pre.kernel) != rank - 2):
+            raise ValueError(f"pre.kernel needs one size per spatial axis ({rank - 2} for rank {rank})")
+        if any(isinstance(s, (Backward, SgdStep)) for s in self.steps):
+            raise ValueError("pre: composite cases are forward-only programs (the preceding layer is not trained)")
+        if self.input.distribution.kind == "dataset":
+            raise ValueError("pre: a dataset input has no composite form")
+
+    @property
+    def pre_fan_in(self) -> int:
+        """Products summed per output value of the preceding layer (``C_in * prod(kernel)``), 0 without one."""
+        if self.pre is None:
+            return 0
+        return self.input.shape[1] * math.prod(self.pre.kernel)
 
     @property
     def large(self) -> bool:

@@ -22,7 +22,25 @@ results). For each element of each observable::
 * ``SAFETY = 4`` — headroom for the handful of elementwise operations after the
   reductions (subtract, multiply by rsqrt, scale, shift).
 
-Exact observables (``num_batches_tracked``) have tolerance 0. Where the
+Composite cases (``case.pre``: Conv -> BN, Linear -> BN) grow by
+``sqrt(m) + sqrt(K) + FOLD_ROUNDINGS`` instead of ``sqrt(m)``, derived, not
+fitted (:func:`growth`): the oracle's output magnitude already contains
+``s |W| * |x|`` (``s = |gamma| / sqrt(var + eps)``, ``oracle.pre_forward``), and
+
+* unfolded, the preceding layer's dot products of ``K = C_in prod(kernel)``
+  terms err by ``u sqrt(K) |W| * |x|`` (same probabilistic model), which the
+  BatchNorm scales by ``s``: ``<= u sqrt(K) magnitude``;
+* folded (inference engines rewrite eval BN into the preceding layer:
+  PyTorch ``torch/nn/utils/fusion.py`` ``fuse_conv_bn_weights``, onnxruntime
+  ``onnxruntime/core/optimizer/conv_bn_fusion.cc``): ``W' = W * fl(gamma *
+  rsqrt(var + eps))`` carries at most 4 roundings per weight (sqrt, divide or
+  rsqrt counted as 2, times gamma, times W) and ``b' = (b - mean) * rsqrt *
+  gamma + beta`` at most 5 on ``s (|b| + |mean|) + |beta|``; with the
+  ``u sqrt(K)`` of the folded dot product the error is ``<= u (sqrt(K) + 5)
+  magnitude``. ``FOLD_ROUNDINGS = 5`` is that count, so one tolerance covers
+  the unfolded and the folded form of the same block (their errors add at
+  most), and a fold that forgets eps, uses another variance or misplaces the
+  mean (an error of relative size 1e-4 or more on these cases) still fails. Where the
 expected value is NaN the framework must produce NaN; where it is finite the
 framework must produce a finite value within tolerance.
 
@@ -50,6 +68,8 @@ from .oracle import ACCUMULATION_DTYPE, SAFETY, UNIT_ROUNDOFF, Expectation
 __all__ = ["ACCUMULATION_DTYPE", "SAFETY", "UNIT_ROUNDOFF", "ObservableComparison", "compare", "compare_one",
            "expectations_agree", "storage_dtype", "tolerance"]
 EXACT = frozenset({"num_batches_tracked"})
+#: Roundings a BN -> Conv/Linear fold adds per output (module docstring).
+FOLD_ROUNDINGS = 5
 #: Observables stored in the input dtype; the rest live in the parameter dtype.
 ACTIVATIONS = frozenset({"output", "grad_input"})
 #: Per-channel vectors at most this long are kept in results for plots.
@@ -75,14 +95,22 @@ def tolerance(expected: np.ndarray, magnitude: np.ndarray, observable: str, case
         return np.zeros_like(expected, dtype=np.float64)
     u_acc = UNIT_ROUNDOFF[ACCUMULATION_DTYPE[case.input.dtype]]
     u_store = UNIT_ROUNDOFF[storage_dtype(observable, case)]
-    growth = math.sqrt(max(case.input.reduction_size, 1))
     # In place: two temporaries instead of six (each a fresh, page-faulted array at 2^21 values).
     tol = np.abs(np.asarray(magnitude, dtype=np.float64))
-    tol *= SAFETY * u_acc * growth
+    tol *= SAFETY * u_acc * growth(case)
     store = np.abs(np.asarray(expected, dtype=np.float64))
     store *= SAFETY * u_store * (step_index + 1)
     tol = np.add(tol, store, out=tol) if tol.shape == store.shape else tol + store
     return tol if spread is None else tol + spread
+
+
+def growth(case: Case) -> float:
+    """Rounding-error growth of the case's reductions: ``sqrt(m)``, and for a
+    composite case ``sqrt(m) + sqrt(K) + FOLD_ROUNDINGS`` (module docstring)."""
+    g = math.sqrt(max(case.input.reduction_size, 1))
+    if case.pre is not None:
+        g += math.sqrt(case.pre_fan_in) + FOLD_ROUNDINGS
+    return g
 
 
 @dataclass

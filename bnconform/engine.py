@@ -171,7 +171,11 @@ def run_cell(case: Case, adapter: Adapter, framework_version: str | None = None,
         return record("unsupported", f"{adapter.name} runs BatchNorm on one replica: this case is synchronized "
                                      f"BatchNorm over {len(case.replicas)} replicas (per-replica batch sizes "
                                      f"{case.replicas}), run by the rows on a distributed runtime")
-    reason = adapter.capabilities(case)
+    if case.pre is not None and case.pre.kind not in adapter.blocks:
+        reason = (f"{adapter.name} runs a BatchNorm alone; this composite case puts a {case.pre.kind} layer "
+                  "before it (a block the adapter does not build: Adapter.blocks)")
+    else:
+        reason = adapter.capabilities(case)
     if reason:
         return record("unsupported", reason)
     entries = for_adapter(adapter) if expectations is None else tuple(expectations)

@@ -123,6 +123,12 @@ class Where(_Strict):
     * ``replicas``: the case runs synchronized over replicas (``Case.replicas``).
     * ``uneven_replicas``: the case's replicas hold different batch sizes.
     * ``tags``: the case has one of these tags.
+    * ``equal_initial_values``: the initial ``weight`` equals the initial
+      ``running_var`` or the initial ``bias`` the initial ``running_mean``,
+      channel for channel (without ``affine``: weight 1, bias 0, the values an
+      exporter writes) — tensors a constant-sharing pass merges into one.
+    * ``nonempty_batches``: every input batch has at least one value per
+      channel (``reduction_size > 0``).
     """
 
     dtype: list[Literal[DTYPES]] | None = None  # type: ignore[valid-type]
@@ -146,6 +152,8 @@ class Where(_Strict):
     tags: list[str] | None = None
     replicas: bool | None = None
     uneven_replicas: bool | None = None
+    equal_initial_values: bool | None = None
+    nonempty_batches: bool | None = None
     any_of: list["Where"] | None = Field(default=None, min_length=1)
 
     def matches(self, case: Case) -> bool:
@@ -181,6 +189,17 @@ def _modes(case: Case) -> set[str]:
     return {s.mode for s in case.steps if isinstance(s, Forward)}
 
 
+def _equal_initial_values(case: Case) -> bool:
+    import numpy as np
+
+    from .arrays import generate
+
+    init = generate(case).init
+    w = init["weight"] if case.layer.affine else np.ones(case.layer.num_features)
+    b = init["bias"] if case.layer.affine else np.zeros(case.layer.num_features)
+    return bool(np.array_equal(w, init["running_var"]) or np.array_equal(b, init["running_mean"]))
+
+
 def _f32_exact(v: float) -> bool:
     import numpy as np
 
@@ -210,6 +229,8 @@ _CONDITIONS = {
     "tags": lambda c, v: bool(set(v) & set(c.tags)),
     "replicas": lambda c, v: (c.replicas is not None) == v,
     "uneven_replicas": lambda c, v: (c.replicas is not None and len(set(c.replicas)) > 1) == v,
+    "equal_initial_values": lambda c, v: _equal_initial_values(c) == v,
+    "nonempty_batches": lambda c, v: (c.input.reduction_size > 0) == v,
 }
 assert set(_CONDITIONS) | {"any_of"} == set(Where.model_fields), "every selector needs its condition"
 

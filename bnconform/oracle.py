@@ -129,6 +129,25 @@ class Profile:
         batch size is the same in every batch of a case, so such a replica
         keeps its INITIAL running statistics throughout.
 
+    ``aliased_affine_update``: a batch-statistics forward scales and shifts
+        with the UPDATED running statistics wherever gamma / beta held the same
+        values as running_var / running_mean before the step (gamma equal to
+        running_var -> new running_var, else equal to running_mean -> new
+        running_mean; likewise beta): a runtime that merges equal constant
+        tensors into one buffer and writes the running update into its input
+        buffers before computing the output (onnxruntime: ConstantSharing, and
+        the CPU kernel's ``Alias(3,1).Alias(4,2)`` in
+        ``onnxruntime/core/providers/cpu/nn/batch_norm.cc``; microsoft/onnxruntime#29790).
+
+    ``eval_zero_debias``: a running-statistics forward normalises with
+        ``running / (1 - d^t)``, ``d = 1 - momentum`` the decay and ``t`` the
+        training updates so far (``t = 0``: as is): the Adam-style "zero
+        debias" of an average that started at ZERO (Haiku
+        ``ExponentialMovingAverage(zero_debias=True)``), applied by Equinox
+        ``BatchNorm(mode="batch")`` (``equinox/nn/_batch_norm.py``) to running
+        statistics initialised at 0 and 1. The running statistics themselves
+        stay the plain moving average.
+
     Precision knobs — they change the ERROR MODEL, not the semantics. Each
     widens the tolerance by an explicit, derived envelope (``Expected.spread``,
     see :func:`simulate`); the canonical profile has none.
@@ -185,6 +204,8 @@ class Profile:
     empty_batch_update: Literal["skip", "nan", "zero"] = "skip"
     replica_reduction: Literal["count_weighted", "replica_average"] = "count_weighted"
     empty_replica_update: Literal["global", "skip"] = "global"
+    aliased_affine_update: bool = False
+    eval_zero_debias: bool = False
     variance_algorithm: Literal["two_pass", "one_pass", "one_pass_clamped"] = "two_pass"
     compute_dtype: Literal["default", "input", "float64", "float32", "float16", "bfloat16"] = "default"
     accumulation_dtype: tuple[tuple[str, str], ...] = ()
@@ -487,6 +508,43 @@ def per_replica_state(expectation: "Expectation", replicas: int) -> None:
         if key[1] in STATE_OBSERVABLES:
             rows = lambda a: None if a is None else np.broadcast_to(a, (replicas,) + np.shape(a)).copy()  # noqa: E731
             expectation.values[key] = Expected(rows(e.value), rows(e.magnitude), rows(e.spread))
+
+
+def pre_forward(kind: str, x, weight, bias=None) -> tuple[np.ndarray, np.ndarray]:
+    """The layer before the BatchNorm of a composite case (``catalogue.PreLayer``),
+    in float64: returns ``(z, magnitude)``, both shaped like the BatchNorm input.
+
+    ``kind="linear"``: ``x`` (N, C_in), ``weight`` (C_out, C_in): ``z = x W^T + b``
+    (``torch.nn.Linear``; ONNX ``Gemm`` with ``transB=1``).
+    ``kind="conv"``: ``x`` (N, C_in, *S), ``weight`` (C_out, C_in, *K) with odd
+    K: ``z[n, o, p] = sum_{c, k} W[o, c, k] xpad[n, c, p + k] + b[o]``, a
+    cross-correlation (no kernel flip: ``torch.nn.functional.conv2d``, ONNX
+    ``Conv``) with stride 1 and zero padding ``(K - 1) / 2``, so z has x's
+    spatial shape. ``bias``: (C_out,) or None.
+
+    ``magnitude`` is the same computation on ``|x|``, ``|W|``, ``|b|`` (the
+    running-error magnitude of the dot products, Higham 2002 sec. 3.1): a
+    dot product of K terms in unit roundoff u errs by at most ``~u sqrt(K)``
+    times it (the probabilistic model of :mod:`bnconform.compare`).
+    """
+    x, w = np.asarray(x, dtype=np.float64), np.asarray(weight, dtype=np.float64)
+    b = None if bias is None else np.asarray(bias, dtype=np.float64)
+
+    def apply(xv, wv, bv):
+        if kind == "linear":
+            out = xv @ wv.T
+            return out if bv is None else out + bv
+        k = wv.shape[2:]
+        pads = [(0, 0), (0, 0)] + [((kk - 1) // 2, (kk - 1) // 2) for kk in k]
+        win = np.lib.stride_tricks.sliding_window_view(np.pad(xv, pads), k, axis=tuple(range(2, xv.ndim)))
+        # win: (N, C_in, *S, *K) -> sum over C_in and K against W (C_out, C_in, *K)
+        sp = xv.ndim - 2
+        letters = "defgh"[:sp]
+        kl = "pqrst"[:sp]
+        out = np.einsum(f"nc{letters}{kl},oc{kl}->no{letters}", win, wv, optimize=True)
+        return out if bv is None else out + channel_view(bv, out.ndim, 1)
+
+    return apply(x, w, b), apply(np.abs(x), np.abs(w), None if b is None else np.abs(b))
 
 
 # ---------------------------------------------------------------- precision
@@ -875,10 +933,13 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
     for i, step in enumerate(case.steps):
         if isinstance(step, Forward):
             x = np.asarray(arrays.batches[step.batch], dtype=np.float64)
+            x_abs = np.abs(x)
+            if case.pre is not None:  # composite: the BatchNorm sees the preceding layer's output
+                x, x_abs = pre_forward(case.pre.kind, x, arrays.pre["weight"], arrays.pre.get("bias"))
             axes = reduce_axes(ndim, axis)
             with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                abs_mean = np.abs(x).mean(axis=axes)
+                abs_mean = x_abs.mean(axis=axes)
             as_train = step.mode == "train" and profile.train_statistics == "batch"
             use_batch = as_train or not L.track_running_stats
             var_iv = None
@@ -900,19 +961,34 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
                                           SAFETY * bound + known, clamped)
             else:
                 mean, var, mag_var = rm.copy(), rv.copy(), None
+                if profile.eval_zero_debias and nbt > 0 and L.momentum is not None:
+                    scale = 1.0 - (1.0 - L.momentum) ** nbt
+                    mean, var = mean / scale, var / scale
             last = _Forward(x, use_batch, mean, var, abs_mean)
+            rm0, rv0 = rm.copy(), rv.copy()
             if as_train and L.track_running_stats:
                 if profile.update_at == "forward":
                     apply_update(mean, var, abs_mean, mag_var, var_iv)
                 else:
                     last.pending = (mean, var, abs_mean, mag_var, var_iv)
             gamma, gamma_mag = effective_gamma()
+            beta, beta_mag = b, mag["bias"]
+            if profile.aliased_affine_update and use_batch and m > 0 and L.momentum is not None:
+                # The updated running statistics overwrite a gamma / beta that held equal values.
+                new = {"rv": ema(rv0, population_variance(var, m, profile.running_var_correction), L.momentum),
+                       "rm": ema(rm0, mean, L.momentum)}
+
+                def aliased(p):
+                    return new["rv"] if np.array_equal(p, rv0) else new["rm"] if np.array_equal(p, rm0) else p
+
+                gamma, beta = aliased(gamma), aliased(b)
+                gamma_mag, beta_mag = np.maximum(gamma_mag, np.abs(gamma)), np.maximum(beta_mag, np.abs(beta))
             with np.errstate(invalid="ignore", divide="ignore"):
-                y = normalize(x, mean, var, L.eps, gamma, b, axis)
+                y = normalize(x, mean, var, L.eps, gamma, beta, axis)
                 invstd = 1.0 / np.sqrt(var + L.eps)
                 # mag["weight"] >= |w|: it carries the rounding history of gamma (SGD
                 # updates that cancel leave a small gamma with an absolute error).
-                y_mag = cv(gamma_mag * invstd) * (np.abs(x) + cv(np.abs(mean))) + cv(mag["bias"])
+                y_mag = cv(gamma_mag * invstd) * (x_abs + cv(np.abs(mean))) + cv(beta_mag)
             y_sp = None
             if prec:
                 if use_batch:

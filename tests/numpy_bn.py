@@ -51,6 +51,26 @@ class NumpyBatchNorm(Adapter):
     runs_replicas = True
 
     observables = frozenset(OBSERVABLES)
+    blocks = frozenset({"conv", "linear"})
+
+    @staticmethod
+    def _pre(cell, x):
+        """A composite case's conv / linear in the storage dtype, by shifted
+        slices (not the oracle's windowed einsum): stride 1, 'same' zero padding."""
+        pre, w = cell.case.pre, cell.arrays.pre["weight"].astype(x.dtype)
+        if pre.kind == "linear":
+            z = x @ w.T
+        else:
+            k = w.shape[2:]
+            xp = np.pad(x, [(0, 0), (0, 0)] + [((kk - 1) // 2,) * 2 for kk in k])
+            z = np.zeros((x.shape[0], w.shape[0], *x.shape[2:]), dtype=x.dtype)
+            for off in np.ndindex(*k):
+                sl = (slice(None), slice(None)) + tuple(slice(o, o + n) for o, n in zip(off, x.shape[2:]))
+                z += np.tensordot(xp[sl], w[(slice(None), slice(None)) + off], axes=([1], [1])).transpose(
+                    0, x.ndim - 1, *range(1, x.ndim - 1)).astype(x.dtype)
+        if "bias" in cell.arrays.pre:
+            z = z + cell.arrays.pre["bias"].astype(x.dtype).reshape([1, -1] + [1] * (x.ndim - 2))
+        return z
 
     # Hooks of the step interpreter (bnconform.drive): the layer state lives on the cell.
     def build(self, cell):
@@ -77,6 +97,8 @@ class NumpyBatchNorm(Adapter):
             return self._forward_replicas(cell, x, mode)
         L, pdt, axis, cv = cell.case.layer, cell.pdt, cell.case.input.axis, lambda v: self._cv(cell, v)
         x = x.astype(pdt)
+        if cell.case.pre is not None:
+            x = self._pre(cell, x)
         n = x.size // x.shape[axis]
         batch = mode == "train" or not L.track_running_stats or self.eval_uses_batch_stats
         if batch:
