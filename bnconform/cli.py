@@ -15,6 +15,8 @@
     with ``file: case: field: message`` (``file: entry: field: message``) lines.
 ``bnconform cases [PATH...]``
     list case ids with their theme and one-line behaviour.
+``bnconform explore --framework GROUP | --adapter MODULE:CLASS [--seed S] [--max-examples N] [--time-budget SEC]``
+    generated cases; undocumented divergences shrunk to minimal catalogue cases (:mod:`bnconform.explore`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import importlib.util
 import sys
 
 from .catalogue import load_catalogue
+from .explore import add_parser as add_explore_parser
 from .gate import add_parser as add_gate_parser
 from .report import run_notices, write_report
 
@@ -99,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("paths", nargs="*", help="files or directories (default: cases/)")
     p.set_defaults(func=_cases)
     add_gate_parser(sub)
+    add_explore_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

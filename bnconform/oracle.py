@@ -429,6 +429,16 @@ class _Forward:
     mean_model: np.ndarray | None = None
 
 
+def _mean_mag(mean: np.ndarray, abs_mean: np.ndarray, batch: bool) -> np.ndarray:
+    """Running-error magnitude of the mean a forward subtracts: ``mean(|x|)`` for a
+    batch mean (the magnitude of its sum, Higham 2002 sec. 4.2), ``|mean|`` for the
+    running mean (a stored value)."""
+    if not batch:
+        return np.abs(mean)
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isnan(abs_mean), np.abs(mean), np.maximum(abs_mean, np.abs(mean)))
+
+
 @dataclass
 class _VarInterval:
     """A per-channel variance ``v`` (C,) known to lie in ``[v - lo0, v + hi0]``
@@ -691,8 +701,12 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
                 y = normalize(x, mean, var, L.eps, gamma, b, axis)
                 invstd = 1.0 / np.sqrt(var + L.eps)
                 # mag["weight"] >= |w|: it carries the rounding history of gamma (SGD
-                # updates that cancel leave a small gamma with an absolute error).
-                y_mag = cv(gamma_mag * invstd) * (np.abs(x) + cv(np.abs(mean))) + cv(mag["bias"])
+                # updates that cancel leave a small gamma with an absolute error). The
+                # mean's magnitude: a batch mean is a sum, whose running-error magnitude is
+                # mean(|x|) (Higham 2002, sec. 4.2; found by `bnconform explore`: with |mean|,
+                # an element near a near-zero mean had no room for the mean's rounding).
+                y_mag = cv(gamma_mag * invstd) * (np.abs(x) + cv(_mean_mag(mean, abs_mean, use_batch))) \
+                    + cv(mag["bias"])
             y_sp = None
             if prec:
                 if use_batch:
@@ -726,7 +740,7 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
             with np.errstate(invalid="ignore", divide="ignore"):
                 dx, dw, db = fn(g, last.x, last.mean, last.var, L.eps, gamma, axis)
                 invstd = 1.0 / np.sqrt(last.var + L.eps)
-                xh_mag = (np.abs(last.x) + cv(np.abs(last.mean))) * cv(invstd)
+                xh_mag = (np.abs(last.x) + cv(_mean_mag(last.mean, last.abs_mean, last.used_batch))) * cv(invstd)
                 if last.used_batch:
                     dx_mag = cv(gamma_mag * invstd) * (np.abs(g) + np.abs(g).mean(axis=axes, keepdims=True)
                                                        + xh_mag * (np.abs(g) * xh_mag).mean(axis=axes, keepdims=True))
