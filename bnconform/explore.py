@@ -41,6 +41,7 @@ import shlex
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -101,8 +102,8 @@ def _distribution(c: int, *, specials: bool):
                                            st.lists(st.sampled_from(values), min_size=c, max_size=c))
 
     means, stds = per_channel(MEANS), per_channel(STDS)
-    nans = _rare(st.lists(st.integers(0, c - 1), min_size=1, max_size=c, unique=True), [])
-    infs = _rare(st.tuples(st.integers(0, c - 1), st.sampled_from((math.inf, -math.inf))), None)
+    nans = _rare(st.lists(st.integers(0, c - 1), min_size=1, max_size=c, unique=True), [], 3)
+    infs = _rare(st.tuples(st.integers(0, c - 1), st.sampled_from((math.inf, -math.inf))), None, 4)
 
     @st.composite
     def normal(draw):
@@ -297,6 +298,37 @@ class _BudgetSpent(BaseException):
     anything: a BaseException, so Hypothesis does not take it for a failure."""
 
 
+class _Found(Exception):
+    """The condition held: :func:`_find`'s test "fails" so that Hypothesis shrinks it."""
+
+
+def _find(strategy, condition, cfg, seed: int, key: bytes):
+    """``hypothesis.find`` with a seed AND an example database: the smallest value of
+    ``strategy`` (Hypothesis's shrinker) for which ``condition`` holds, or None.
+
+    ``find(random=...)`` applies ``@seed``, which turns the database off; here the
+    settings are applied after the seed, and the database key is set on the test
+    the way ``find`` sets it (``hypothesis/core.py``)."""
+    from hypothesis import given
+    from hypothesis import seed as with_seed
+
+    last: list = []
+
+    @given(strategy)
+    def test(value):
+        if condition(value):
+            last[:] = [value]
+            raise _Found
+
+    test = cfg(with_seed(seed)(test))
+    test._hypothesis_internal_database_key = key
+    try:
+        test()
+    except _Found:
+        return last[0]
+    return None
+
+
 def explore_adapter(adapter: Adapter, *, seed: int = 0, max_examples: int = 200, time_budget: float | None = None,
                     max_findings: int = 5, database: str | Path | None = None, space: Space = Space(),
                     shrink: bool = True, target: str | None = None, group: str | None = None) -> Exploration:
@@ -311,9 +343,8 @@ def explore_adapter(adapter: Adapter, *, seed: int = 0, max_examples: int = 200,
     whatever the engine raises for a bug of bnconform itself (Hypothesis
     shrinks that case first and reports it).
     """
-    from hypothesis import HealthCheck, Phase, find, settings
+    from hypothesis import HealthCheck, Phase, Verbosity, settings
     from hypothesis.database import DirectoryBasedExampleDatabase
-    from hypothesis.errors import NoSuchExample
 
     version = adapter.framework_version()
     try:
@@ -329,7 +360,9 @@ def explore_adapter(adapter: Adapter, *, seed: int = 0, max_examples: int = 200,
     strategy = cases(space)
 
     def judge(case: Case) -> ResultRecord:
-        return engine.run_cell(case, adapter, version, expectations=entries, framework_build=build)
+        with warnings.catch_warnings():  # overflow, 0/0...: generated extremes are meant to produce them
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return engine.run_cell(case, adapter, version, expectations=entries, framework_build=build)
 
     while len(result.findings) < max_findings:
         left = max_examples - result.examples
@@ -358,16 +391,16 @@ def explore_adapter(adapter: Adapter, *, seed: int = 0, max_examples: int = 200,
             return sig == state["target"]
 
         cfg = settings(max_examples=left, database=db, deadline=None, phases=phases, derandomize=False,
-                       suppress_health_check=list(HealthCheck), print_blob=False)
+                       suppress_health_check=list(HealthCheck), print_blob=False, report_multiple_bugs=False,
+                       verbosity=Verbosity.quiet)
         key = f"bnconform-explore:{adapter.name}:{result.rounds}".encode()
         result.rounds += 1
         try:
-            case = find(strategy, condition, settings=cfg, random=random.Random(f"{seed}:{result.rounds}"),
-                        database_key=key if db is not None else None)
-        except NoSuchExample:
-            result.examples += state["generated"]
-            result.stopped_by = "examples"
-            break
+            case = _find(strategy, condition, cfg, random.Random(f"{seed}:{result.rounds}").getrandbits(64), key)
+            if case is None:
+                result.examples += state["generated"]
+                result.stopped_by = "examples"
+                break
         except _BudgetSpent:
             result.examples += state["generated"]
             result.stopped_by = "examples" if state["generated"] >= left else "time"
@@ -468,8 +501,9 @@ def write_findings(explorations: list[Exploration], run: dict, out_dir: str | Pa
     lines = [f"# Written by `{run['command']}`.",
              "# Minimal generated cases with an undocumented divergence, shrunk by Hypothesis; triage each:",
              "# a suite bug (fix it), a design difference (a quirk in expectations/), a defect (known_bug + findings/).",
-             _yaml({"theme": theme, "description": f"bnconform explore run {run['started']}, seed {run['seed']}, "
-                                                   f"{run['max_examples']} examples per adapter"}).rstrip(),
+             yaml.safe_dump({"theme": theme, "description": f"bnconform explore run {run['started']}, seed "
+                                                            f"{run['seed']}, {run['max_examples']} examples per adapter"},
+                            sort_keys=False, default_flow_style=False, width=110).rstrip(),
              "cases:"]
     written: list[tuple[Case, Finding]] = []
     for n, (e, f) in enumerate(found, 1):
@@ -580,8 +614,12 @@ def main(args) -> int:
               f"{e.shrink_calls} shrink calls, {e.seconds:.1f} s (stopped by {e.stopped_by})", flush=True)
         for f in e.findings:
             print(f"  {f.signature}: {f.record.verdict}: {worst(f.record)}", flush=True)
-    command = "bnconform explore " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else \
-        "bnconform explore"
+    command = " ".join(["bnconform explore"] + [f"--framework {shlex.quote(g)}" for g in args.framework]
+                       + [f"--adapter {shlex.quote(a)}" for a in args.adapter]
+                       + [f"--row {shlex.quote(r)}" for r in args.row]
+                       + [f"--seed {args.seed} --max-examples {args.max_examples} --max-findings {args.max_findings}"]
+                       + ([f"--time-budget {args.time_budget:g}"] if args.time_budget is not None else [])
+                       + ([f"--dtypes {args.dtypes}"] if args.dtypes != ",".join(Space().dtypes) else []))
     run = {"started": started, "seed": args.seed, "max_examples": args.max_examples,
            "time_budget": args.time_budget, "command": command, "versions": versions(explorations)}
     out = Path(args.out)
