@@ -117,6 +117,8 @@ class Where(_Strict):
     * ``trainable``: each listed parameter is learnable (affine, not frozen).
     * ``sgd_lr_float32_exact``: every SGD learning rate of the program is a
       float32 number (``False``: some is not).
+    * ``eps_zero``: the layer's ``eps`` is 0 (frameworks that require a
+      positive eps refuse it; added for a divergence ``bnconform explore`` found).
     * ``tags``: the case has one of these tags.
     """
 
@@ -138,6 +140,7 @@ class Where(_Strict):
     frozen_count: list[Literal[0, 1, 2]] | None = None
     trainable: list[Literal["weight", "bias"]] | None = None
     sgd_lr_float32_exact: bool | None = None
+    eps_zero: bool | None = None
     tags: list[str] | None = None
     any_of: list["Where"] | None = Field(default=None, min_length=1)
 
@@ -200,6 +203,7 @@ _CONDITIONS = {
     "frozen_count": lambda c, v: len(set(c.layer.frozen)) in v,
     "trainable": lambda c, v: c.layer.affine and not set(v) & set(c.layer.frozen),
     "sgd_lr_float32_exact": lambda c, v: all(_f32_exact(s.lr) for s in c.steps if isinstance(s, SgdStep)) == v,
+    "eps_zero": lambda c, v: (c.layer.eps == 0.0) == v,
     "tags": lambda c, v: bool(set(v) & set(c.tags)),
 }
 assert set(_CONDITIONS) | {"any_of"} == set(Where.model_fields), "every selector needs its condition"
