@@ -201,11 +201,14 @@ def case_dicts(space: Space = Space()):
             "frozen": draw(frozen) if affine else [],
             "init": {name: draw(s) for name, s in per_c[c]["init"].items()},
         }
-        steps, seen_backward = [draw(forward)], False
-        for s in draw(steps_after[c]):  # an SGD step before any backward is a backward (the schema's order)
-            if s["op"] == "sgd_step" and not seen_backward:
+        steps, seen_backward, stepped = [draw(forward)], False, False
+        for s in draw(steps_after[c]):  # the schema's order:
+            if s["op"] == "sgd_step" and not seen_backward:  # an SGD step before any backward is a backward
                 s = {"op": "backward"}
+            elif s["op"] == "backward" and stepped:  # a backward after an SGD step needs a new forward
+                s = {"op": "forward", "mode": "train", "batch": 0}
             seen_backward |= s["op"] == "backward"
+            stepped = (stepped or s["op"] == "sgd_step") and s["op"] != "forward"
             steps.append(s)
         return {**PLACEHOLDER,
                 "layer": layer,

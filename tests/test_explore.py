@@ -180,3 +180,18 @@ def test_rounding_into_the_subnormal_range_has_room():
     assert tolerance(zero, zero, "output", case, 0)[0] == 4 * 2.0**-25    # SAFETY * half the smallest subnormal
     assert tolerance(zero, zero, "running_var", case, 0)[0] == 4 * 2.0**-150
     assert tolerance(zero, zero, "num_batches_tracked", case, 0)[0] == 0.0
+
+
+def test_a_backward_after_an_sgd_step_needs_a_new_forward():
+    """Exploring torch found programs ``forward, backward, sgd_step, backward``: the
+    second gradient is of parameters the forward no longer has (torch raises, the
+    oracle silently used the new ones). The schema now rejects them; the strategy
+    never draws them (every draw is validated)."""
+    from pydantic import ValidationError
+
+    body = {"id": "x", "title": "t", "behaviour": "b", "source": [{"title": "s"}], "layer": {"num_features": 1},
+            "input": {"shape": [2, 1]}}
+    fwd, bwd, sgd = {"op": "forward", "mode": "train"}, {"op": "backward"}, {"op": "sgd_step", "lr": 0.1}
+    with pytest.raises(ValidationError, match="backward after an sgd_step needs a new forward"):
+        Case.model_validate({**body, "steps": [fwd, bwd, sgd, bwd]})
+    Case.model_validate({**body, "steps": [fwd, bwd, sgd, fwd, bwd, sgd, sgd]})
