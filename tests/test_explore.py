@@ -4,11 +4,11 @@ The acceptance test of ``bnconform explore``: at one fixed seed and example
 budget (:data:`SEED`, :data:`BUDGET`), exploring the NumPy control adapter
 finds nothing, and exploring each injected-bug mutant finds an undocumented
 divergence whose minimal case is no larger than the bug needs
-(:data:`NEEDED_STEPS`; a 2-D input with at most 2 values). Runtime: ~26 s of
-CPU for the whole module (measured on the shared 2-core machine; its wall time
-there was 80 s at a moderate load, 6 min when 6 agents shared the 2 cores):
-the 300 coverage draws, the control's 100 examples, and per mutant a few
-examples and <= 200 shrink calls.
+(:data:`NEEDED_STEPS`; a 2-D input with at most 2 values). Runtime of the
+whole module on the shared 2-core machine: 18 s wall (10 s CPU) when quiet,
+80 s under a moderate load, 6 min when six agents shared the two cores: the
+300 coverage draws, the control's 100 examples, and per mutant a few examples
+and <= 200 shrink calls.
 """
 
 from __future__ import annotations
