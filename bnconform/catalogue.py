@@ -373,14 +373,19 @@ class Case(_Strict):
             )
         if not self.layer.affine and self.layer.frozen:
             raise ValueError("layer.frozen lists parameters but layer.affine is false")
-        seen_forward = seen_backward = False
+        seen_forward = seen_backward = stepped = False
         for i, step in enumerate(self.steps):
             if isinstance(step, Backward) and not seen_forward:
                 raise ValueError(f"steps[{i}]: backward before any forward")
             if isinstance(step, SgdStep) and not seen_backward:
                 raise ValueError(f"steps[{i}]: sgd_step before any backward")
+            if isinstance(step, Backward) and stepped:
+                # The forward used the parameters before the update: which ones the gradient
+                # is of is undefined (torch raises: a saved tensor was modified in place).
+                raise ValueError(f"steps[{i}]: backward after an sgd_step needs a new forward first")
             seen_forward |= isinstance(step, Forward)
             seen_backward |= isinstance(step, Backward)
+            stepped = (stepped or isinstance(step, SgdStep)) and not isinstance(step, Forward)
         for name, init in self.layer.init:
             if isinstance(init, list) and len(init) != c:
                 raise ValueError(f"layer.init.{name} has {len(init)} values for {c} channels")

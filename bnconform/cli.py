@@ -27,6 +27,8 @@
 ``bnconform cases [PATH...]``
     list case ids with their theme and one-line behaviour (without PATH the
     built-in catalogue).
+``bnconform explore --framework GROUP | --adapter MODULE:CLASS [--seed S] [--max-examples N] [--time-budget SEC]``
+    generated cases; undocumented divergences shrunk to minimal catalogue cases (:mod:`bnconform.explore`).
 
 The ``--help`` texts are plain text: the reST above is for the API docs.
 """
@@ -41,6 +43,7 @@ from pathlib import Path
 
 from .builtin import location
 from .catalogue import load_catalogue
+from .explore import add_parser as add_explore_parser
 from .gate import add_parser as add_gate_parser
 from .report import run_notices, write_report
 
@@ -198,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("paths", nargs="*", help="files or directories (default: the built-in catalogue)")
     p.set_defaults(func=_cases)
     add_gate_parser(sub)
+    add_explore_parser(sub)
     args, rest = parser.parse_known_args(argv)
     if args.command == "run":
         return args.func(args, rest)

@@ -3,7 +3,7 @@
 One model for every framework, fixed a priori (never tuned to a framework's
 results). For each element of each observable::
 
-    tol = SAFETY * ( u_acc * sqrt(m) * magnitude  +  u_store * (i + 1) * |expected| )
+    tol = SAFETY * ( u_acc * sqrt(m) * magnitude  +  (u_store * |expected| + eta_store) * (i + 1) )
 
 * ``magnitude`` — from the oracle: the same computation with absolute values
   (running error analysis, Higham 2002, ch. 3). It makes the tolerance follow
@@ -17,8 +17,15 @@ results). For each element of each observable::
 * ``sqrt(m)`` — growth of rounding error in a reduction over ``m`` values per
   channel (N x spatial): the probabilistic bound for recursive summation
   (Higham 2002, sec. 4.2). Pairwise/cascade summation does better.
-* ``u_store * (i + 1) * |expected|`` — rounding into the storage dtype of the
-  observable, once per step that rewrote it (step index ``i``, 0-based).
+* ``(u_store * |expected| + eta_store) * (i + 1)`` — rounding into the storage
+  dtype of the observable, once per step that rewrote it (step index ``i``,
+  0-based). ``eta_store`` is half the smallest subnormal of the storage dtype:
+  the absolute error of rounding into the subnormal range (the model
+  ``fl(x) = x (1 + d) + e``, ``|e| <= eta``, of Higham 2002, sec. 2.1; found by
+  ``bnconform explore``: a float16 output ~3e-5 is subnormal, where a relative
+  bound alone is too tight).
+* An exact value beyond the storage dtype's largest finite value is stored as
+  ``+-inf`` (IEEE 754 overflow): an infinity of the same sign matches it.
 * ``SAFETY = 4`` — headroom for the handful of elementwise operations after the
   reductions (subtract, multiply by rsqrt, scale, shift).
 
@@ -70,6 +77,14 @@ __all__ = ["ACCUMULATION_DTYPE", "SAFETY", "UNIT_ROUNDOFF", "ObservableCompariso
 EXACT = frozenset({"num_batches_tracked"})
 #: Roundings a BN -> Conv/Linear fold adds per output (module docstring).
 FOLD_ROUNDINGS = 5
+#: Largest finite value of each storage dtype (IEEE 754 binary16/32/64; bfloat16 is
+#: binary32's exponent with 8 significand bits: (2 - 2^-7) * 2^127). A value beyond
+#: it overflows to +-inf when rounded to the storage dtype.
+MAX_FINITE = {"float16": float(np.finfo(np.float16).max), "bfloat16": (2 - 2**-7) * 2.0**127,
+              "float32": float(np.finfo(np.float32).max), "float64": float(np.finfo(np.float64).max)}
+#: Half the smallest subnormal of each storage dtype: the absolute error of rounding into
+#: the subnormal range (binary16 2^-24, bfloat16 2^-133, binary32 2^-149, binary64 2^-1074).
+UNDERFLOW = {"float16": 2.0**-25, "bfloat16": 2.0**-134, "float32": 2.0**-150, "float64": 2.0**-1075}
 #: Observables stored in the input dtype; the rest live in the parameter dtype.
 ACTIVATIONS = frozenset({"output", "grad_input"})
 #: Per-channel vectors at most this long are kept in results for plots.
@@ -94,13 +109,16 @@ def tolerance(expected: np.ndarray, magnitude: np.ndarray, observable: str, case
     if observable in EXACT:
         return np.zeros_like(expected, dtype=np.float64)
     u_acc = UNIT_ROUNDOFF[ACCUMULATION_DTYPE[case.input.dtype]]
-    u_store = UNIT_ROUNDOFF[storage_dtype(observable, case)]
+    store = storage_dtype(observable, case)
+    u_store, eta_store = UNIT_ROUNDOFF[store], UNDERFLOW[store]
     # In place: two temporaries instead of six (each a fresh, page-faulted array at 2^21 values).
     tol = np.abs(np.asarray(magnitude, dtype=np.float64))
     tol *= SAFETY * u_acc * growth(case)
-    store = np.abs(np.asarray(expected, dtype=np.float64))
-    store *= SAFETY * u_store * (step_index + 1)
-    tol = np.add(tol, store, out=tol) if tol.shape == store.shape else tol + store
+    stored = np.abs(np.asarray(expected, dtype=np.float64))
+    stored *= u_store
+    stored += eta_store
+    stored *= SAFETY * (step_index + 1)
+    tol = np.add(tol, stored, out=tol) if tol.shape == stored.shape else tol + stored
     return tol if spread is None else tol + spread
 
 
@@ -208,6 +226,14 @@ def compare_one(actual, exp_value, magnitude, observable: str, case: Case, i: in
         if unbounded:
             base["unbounded"] = unbounded
             e, a64 = np.where(free, 0.0, e), np.where(free, 0.0, a64)
+    if observable not in EXACT:
+        # An exact value beyond the storage dtype's range is stored as +-inf (IEEE 754
+        # overflow under round-to-nearest): an infinity of its sign is that value, stored.
+        with np.errstate(invalid="ignore"):
+            overflow = (np.isfinite(e) & (np.abs(e) > MAX_FINITE[storage_dtype(observable, case)])
+                        & np.isinf(a64) & (np.sign(a64) == np.sign(e)))
+        if overflow.any():
+            e = np.where(overflow, a64, e)
     nan_e, nan_a = np.isnan(e), np.isnan(a64)
     if np.any(nan_e & ~nan_a) or np.any(~nan_e & nan_a):
         where = "NaN where the oracle has a value" if np.any(~nan_e & nan_a) else "a value where the oracle has NaN"

@@ -117,6 +117,15 @@ def _agree(case: Case, a: Profile, b: Profile, observable: frozenset[str]) -> bo
     return _AGREE[key]
 
 
+def clear_caches() -> None:
+    """Forget the per-process arrays and oracle runs (:func:`run_cell` fills
+    them per case): a caller that runs thousands of generated cases
+    (:mod:`bnconform.explore`) frees them between searches."""
+    _ARRAYS.clear()
+    _EXPECT.clear()
+    _AGREE.clear()
+
+
 def profile_for(divergences: list[Entry]) -> Profile:
     """The oracle profile with every listed divergence's options applied
     (:func:`~bnconform.oracle.merge_options`: mapping knobs merge key by key)."""

@@ -122,6 +122,8 @@ class Where(_Strict):
       float32 number (``False``: some is not).
     * ``replicas``: the case runs synchronized over replicas (``Case.replicas``).
     * ``uneven_replicas``: the case's replicas hold different batch sizes.
+    * ``eps_zero``: the layer's ``eps`` is 0 (frameworks that require a
+      positive eps refuse it; added for a divergence ``bnconform explore`` found).
     * ``tags``: the case has one of these tags.
     * ``equal_initial_values``: the initial ``weight`` equals the initial
       ``running_var`` or the initial ``bias`` the initial ``running_mean``,
@@ -149,6 +151,7 @@ class Where(_Strict):
     frozen_count: list[Literal[0, 1, 2]] | None = None
     trainable: list[Literal["weight", "bias"]] | None = None
     sgd_lr_float32_exact: bool | None = None
+    eps_zero: bool | None = None
     tags: list[str] | None = None
     replicas: bool | None = None
     uneven_replicas: bool | None = None
@@ -226,6 +229,7 @@ _CONDITIONS = {
     "frozen_count": lambda c, v: len(set(c.layer.frozen)) in v,
     "trainable": lambda c, v: c.layer.affine and not set(v) & set(c.layer.frozen),
     "sgd_lr_float32_exact": lambda c, v: all(_f32_exact(s.lr) for s in c.steps if isinstance(s, SgdStep)) == v,
+    "eps_zero": lambda c, v: (c.layer.eps == 0.0) == v,
     "tags": lambda c, v: bool(set(v) & set(c.tags)),
     "replicas": lambda c, v: (c.replicas is not None) == v,
     "uneven_replicas": lambda c, v: (c.replicas is not None and len(set(c.replicas)) > 1) == v,

@@ -677,6 +677,16 @@ class _Forward:
     mean_model: np.ndarray | None = None
 
 
+def _mean_mag(mean: np.ndarray, abs_mean: np.ndarray, batch: bool) -> np.ndarray:
+    """Running-error magnitude of the mean a forward subtracts: ``mean(|x|)`` for a
+    batch mean (the magnitude of its sum, Higham 2002 sec. 4.2), ``|mean|`` for the
+    running mean (a stored value)."""
+    if not batch:
+        return np.abs(mean)
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isnan(abs_mean), np.abs(mean), np.maximum(abs_mean, np.abs(mean)))
+
+
 @dataclass
 class _VarInterval:
     """A per-channel variance ``v`` (C,) known to lie in ``[v - lo0, v + hi0]``
@@ -987,8 +997,11 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
                 y = normalize(x, mean, var, L.eps, gamma, beta, axis)
                 invstd = 1.0 / np.sqrt(var + L.eps)
                 # mag["weight"] >= |w|: it carries the rounding history of gamma (SGD
-                # updates that cancel leave a small gamma with an absolute error).
-                y_mag = cv(gamma_mag * invstd) * (x_abs + cv(np.abs(mean))) + cv(beta_mag)
+                # updates that cancel leave a small gamma with an absolute error). The
+                # mean's magnitude: a batch mean is a sum, whose running-error magnitude is
+                # mean(|x|) (Higham 2002, sec. 4.2; found by `bnconform explore`: with |mean|,
+                # an element near a near-zero mean had no room for the mean's rounding).
+                y_mag = cv(gamma_mag * invstd) * (x_abs + cv(_mean_mag(mean, abs_mean, use_batch))) + cv(beta_mag)
             y_sp = None
             if prec:
                 if use_batch:
@@ -1031,7 +1044,7 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
                     dx, dw, db = fn(g, last.x, last.mean, last.var, L.eps, gamma, axis)
                     a = 1.0 / max(m, 1)  # the weight of one value in the batch mean
                 invstd = 1.0 / np.sqrt(last.var + L.eps)
-                xh_mag = (np.abs(last.x) + cv(np.abs(last.mean))) * cv(invstd)
+                xh_mag = (np.abs(last.x) + cv(_mean_mag(last.mean, last.abs_mean, last.used_batch))) * cv(invstd)
                 if last.used_batch and case.replicas is not None:  # a: one value's weight in the mean
                     dx_mag = cv(gamma_mag * invstd) * (np.abs(g) + a * np.abs(g).sum(axis=axes, keepdims=True)
                                                        + xh_mag * a * (np.abs(g) * xh_mag).sum(axis=axes,

@@ -144,6 +144,8 @@ def test_selector_vocabulary():
     assert W({"any_of": [{"dtype": ["float16"]}, {"eval_forward": True}]}).matches(eval_bwd)
     frozen = _case([{"op": "forward", "mode": "train"}], layer={"frozen": ["weight"]})
     assert W({"frozen_count": [1], "trainable": ["bias"]}).matches(frozen) and not W({"trainable": ["weight"]}).matches(frozen)
+    zero = _case([{"op": "forward", "mode": "train"}], layer={"eps": 0.0})
+    assert W({"eps_zero": True}).matches(zero) and not W({"eps_zero": True}).matches(frozen)
 
 
 def test_a_version_range_never_applies_to_an_unparseable_version():
