@@ -25,6 +25,8 @@ import sys
 
 from .catalogue import load_catalogue
 from .gate import add_parser as add_gate_parser
+from .history import add_parser as add_history_parser
+from .sweep import add_parser as add_sweep_parser
 from .report import run_notices, write_report
 
 
@@ -99,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("paths", nargs="*", help="files or directories (default: cases/)")
     p.set_defaults(func=_cases)
     add_gate_parser(sub)
+    add_sweep_parser(sub)  # issue 17: bnconform sweep / history (bnconform/sweep.py, history.py)
+    add_history_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 
