@@ -56,6 +56,8 @@ class Release:
     env: dict = field(default_factory=dict, hash=False)
     #: ``uv pip install`` options of this framework (e.g. ``--find-links``)
     uv_args: tuple[str, ...] = ()
+    #: installed afterwards with ``--no-deps`` (tf-keras: its ``tensorflow`` dependency would overlay tensorflow-cpu)
+    pip_no_deps: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -69,8 +71,9 @@ def load_releases(path: Path) -> tuple[str, list[Release]]:
     for fw, spec in data["frameworks"].items():
         for r in spec["releases"]:
             out.append(Release(framework=fw, version=str(r["version"]), pip=tuple(r["pip"]),
-                               groups=tuple(spec["groups"]), env={**spec.get("env", {}), **r.get("env", {})},
-                               uv_args=tuple(spec.get("uv_args", []))))
+                               groups=tuple(r.get("groups", spec["groups"])),
+                               env={**spec.get("env", {}), **r.get("env", {})},
+                               uv_args=tuple(spec.get("uv_args", [])), pip_no_deps=tuple(r.get("pip_no_deps", []))))
     return str(data.get("python", "3.11")), out
 
 
@@ -112,6 +115,9 @@ def run_release(rel: Release, python: str, envs: Path, out: Path, cache: Path, p
     py = venv / "bin" / "python"
     inst = subprocess.run([uv, "pip", "install", "--quiet", "--python", str(py), *rel.uv_args,
                            "-e", str(ROOT), *rel.pip], env=env, capture_output=True, text=True)
+    if inst.returncode == 0 and rel.pip_no_deps:
+        inst = subprocess.run([uv, "pip", "install", "--quiet", "--python", str(py), *rel.uv_args, "--no-deps",
+                               *rel.pip_no_deps], env=env, capture_output=True, text=True)
     cost["install_s"] = round(time.monotonic() - t0, 1)
     if inst.returncode != 0:
         cost["install"] = "failed"
@@ -158,14 +164,41 @@ def run_release(rel: Release, python: str, envs: Path, out: Path, cache: Path, p
 
 def _companions(rel: Release) -> set[str]:
     names = set()
-    for spec in rel.pip:
+    for spec in rel.pip + rel.pip_no_deps:
         for sep in ("==", "<", ">", "~", "!", "["):
             spec = spec.split(sep)[0]
         names.add(spec.strip().lower().replace("_", "-"))
     return names | {"numpy"}
 
 
+def cost_table(path: Path) -> str:
+    """Markdown table of the cost records in ``path`` (the last record per env wins) with totals."""
+    last: dict[str, dict] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            last[rec["env"]] = rec
+    rows = ["| env | install s | run s | env MB | shard KB (gz) | verdicts |", "|---|---|---|---|---|---|"]
+    tot = Counter()
+    for rec in last.values():
+        v = rec.get("verdicts") or {}
+        rows.append(f"| {rec['env']} | {rec.get('install_s', '')} | {rec.get('run_s', '')} | "
+                    f"{rec.get('env_bytes', 0) / 2**20:.0f} | {rec.get('shard_bytes', 0) / 2**10:.0f} | "
+                    + (", ".join(f"{k} {n}" for k, n in v.items()) or rec.get("install", "no shard")) + " |")
+        tot["install_s"] += rec.get("install_s", 0)
+        tot["run_s"] += rec.get("run_s", 0)
+        tot["shard_bytes"] += rec.get("shard_bytes", 0)
+        tot["shards"] += "shard" in rec
+        tot["env_max"] = max(tot["env_max"], rec.get("env_bytes", 0))
+    rows.append(f"| **total {tot['shards']} shards** | {tot['install_s']:.0f} | {tot['run_s']:.0f} | "
+                f"max {tot['env_max'] / 2**20:.0f} | {tot['shard_bytes'] / 2**20:.1f} MB | |")
+    return "\n".join(rows)
+
+
 def run(args) -> int:
+    if args.cost_table:
+        print(cost_table(Path(args.cost)))
+        return 0
     python, releases = load_releases(Path(args.file))
     chosen = [r for r in releases
               if (not args.framework or r.framework in args.framework)
@@ -222,5 +255,6 @@ def add_parser(sub) -> None:
     p.add_argument("--skip-existing", action="store_true", help="skip releases whose shard exists")
     p.add_argument("--min-free-gb", type=float, default=30.0, help="stop when less disk is free (default: 30)")
     p.add_argument("--list", action="store_true", help="list the selected releases and exit")
+    p.add_argument("--cost-table", action="store_true", help="print the --cost file as a markdown table and exit")
     p.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     p.set_defaults(func=run)
