@@ -105,7 +105,9 @@ def _entry_line(d: dict) -> str:
         bits.append(f"issue {d['issue']}")
     if d.get("finding"):
         bits.append(f"finding {d['finding']}")
-    return "; ".join(bits) + f" — {d.get('summary', '')} (source: {d.get('source', '')}; {d.get('ref', '')})"
+    src = str(d.get("source", ""))
+    src = src if len(src) <= 240 else src[:240] + "…"
+    return "; ".join(bits) + f" — {d.get('summary', '')} (source: {src}; {d.get('ref', '')})"
 
 
 def explain(fw: str, cell: tuple[str, str], before: str, after: str, a: ResultRecord | None,
@@ -128,6 +130,8 @@ def explain(fw: str, cell: tuple[str, str], before: str, after: str, a: ResultRe
     if b is not None and b.verdict in FAILING:
         ch.unexplained = True
         ch.why.append(f"UNEXPLAINED {b.verdict} in {after}: {(b.reason or '').splitlines()[0] if b.reason else ''}")
+    if a is not None and b is not None and a.verdict in FAILING and b.verdict not in FAILING:
+        ch.why.append(f"recovers from {a.verdict} in {before} (that release's cells are listed as failing)")
     if not ch.why:  # the same divergence set and no unsupported: a verdict change no entry explains
         ch.unexplained = True
         ch.why.append("UNEXPLAINED: the verdict changed with the same divergence set")

@@ -58,6 +58,9 @@ class Release:
     uv_args: tuple[str, ...] = ()
     #: installed afterwards with ``--no-deps`` (tf-keras: its ``tensorflow`` dependency would overlay tensorflow-cpu)
     pip_no_deps: tuple[str, ...] = ()
+    #: ``uv pip install --override``: requirements that replace a dependency's declared ones (TF 2.12/2.13
+    #: declare typing-extensions<4.6, which pydantic 2.7+ cannot share; the runtime works with newer)
+    overrides: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -73,7 +76,8 @@ def load_releases(path: Path) -> tuple[str, list[Release]]:
             out.append(Release(framework=fw, version=str(r["version"]), pip=tuple(r["pip"]),
                                groups=tuple(r.get("groups", spec["groups"])),
                                env={**spec.get("env", {}), **r.get("env", {})},
-                               uv_args=tuple(spec.get("uv_args", [])), pip_no_deps=tuple(r.get("pip_no_deps", []))))
+                               uv_args=tuple(spec.get("uv_args", [])), pip_no_deps=tuple(r.get("pip_no_deps", [])),
+                               overrides=tuple(r.get("overrides", []))))
     return str(data.get("python", "3.11")), out
 
 
@@ -109,11 +113,16 @@ def run_release(rel: Release, python: str, envs: Path, out: Path, cache: Path, p
     shutil.rmtree(venv, ignore_errors=True)
     env = {**os.environ, "UV_CACHE_DIR": str(cache)}
     env.pop("VIRTUAL_ENV", None)
-    cost: dict = {"env": rel.name, "framework": rel.framework, "version": rel.version, "pip": list(rel.pip)}
+    cost: dict = {"env": rel.name, "framework": rel.framework, "version": rel.version, "pip": list(rel.pip),
+                  **({"overrides": list(rel.overrides)} if rel.overrides else {})}
     t0 = time.monotonic()
     subprocess.run([uv, "venv", "--quiet", "--python", python, str(venv)], env=env, check=True)
     py = venv / "bin" / "python"
-    inst = subprocess.run([uv, "pip", "install", "--quiet", "--python", str(py), *rel.uv_args,
+    extra = []
+    if rel.overrides:
+        (venv / "overrides.txt").write_text("\n".join(rel.overrides) + "\n", encoding="utf-8")
+        extra = ["--override", str(venv / "overrides.txt")]
+    inst = subprocess.run([uv, "pip", "install", "--quiet", "--python", str(py), *rel.uv_args, *extra,
                            "-e", str(ROOT), *rel.pip], env=env, capture_output=True, text=True)
     if inst.returncode == 0 and rel.pip_no_deps:
         inst = subprocess.run([uv, "pip", "install", "--quiet", "--python", str(py), *rel.uv_args, "--no-deps",
