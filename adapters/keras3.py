@@ -121,8 +121,9 @@ class BatchNormalizationJAX(_Keras3):
 
         # JAX computes in 32 bits unless x64 is enabled (the documented switch,
         # here scoped to the case): float64 layers need it. Version dependence (issue 17's sweep), the
-        # only one of this row: jax < 0.4.3x has the same scoped switch only as
-        # jax.experimental.enable_x64(new_val=True) (no top-level jax.enable_x64: AttributeError in 0.4.23).
+        # only one of this row: top-level jax.enable_x64 exists from jax 0.8.0 (read in the released
+        # jax/__init__.py of 0.4.26 ... 0.9.2); older jax has the same scoped switch as
+        # jax.experimental.enable_x64(new_val=True) (AttributeError on jax.enable_x64 in 0.4.23).
         if case.input.dtype != "float64":
             return super().scope(case)
         if hasattr(jax, "enable_x64"):
