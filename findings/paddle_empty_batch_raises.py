@@ -5,7 +5,7 @@ ValueError: (InvalidArgument) Each dimension of input tensor is expected to be -
 number, but received 0 (paddle/phi/infermeta/multiary.cc, BatchNormInferMeta), where an empty batch
 is well defined: an empty output and unchanged running statistics (PyTorch returns early in
 aten/src/ATen/native/Normalization.cpp). Found by the release sweep (issue 17): the shard
-reports/sweep/paddle-2.6.2.jsonl.gz has the cell empty-batch as this exception; the newest release
+reports/sweep/paddle-2.6.2 and -3.0.0 have the cell empty-batch as this exception; 3.1.1 and the newest release
 (3.3.1, tox env paddle) accepts the batch.
 
 Run in an env with the release to check (e.g. `uv pip install paddlepaddle==2.6.2 "numpy<2" setuptools`):
@@ -24,7 +24,7 @@ x = paddle.to_tensor(np.zeros((0, 3), dtype="float32"))
 print("paddle", paddle.__version__)
 try:
     y = bn(x)
-except ValueError as exc:  # 2.6.x
+except ValueError as exc:  # 2.6.x, 3.0.x
     print("AFFECTED:", str(exc).splitlines()[0][:200])
 else:
     print("fixed: output shape", y.shape, "running_mean", bn._mean.numpy(), "running_var", bn._variance.numpy())
