@@ -91,6 +91,19 @@ class Series:
     changes: list[Change] = field(default_factory=list)
     failing: list[ResultRecord] = field(default_factory=list)
     incomplete: list[str] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)  #: release -> catalogue digest it was judged with
+
+    @property
+    def stale(self) -> list[str]:
+        """Releases judged with another catalogue (cases + expectations) than the framework's newest-started
+        shard: their verdicts predate an expectation edit; a change next to them may be the edit, not the
+        framework (re-sweep them: ``bnconform sweep --framework F --version V``)."""
+        if not self.digests:
+            return []
+        newest = self.digests[max(self.digests, key=lambda r: self.started.get(r, ""))]
+        return [r for r in self.releases if self.digests.get(r) not in (None, newest)]
+
+    started: dict[str, str] = field(default_factory=dict)
 
     def changed_at(self, cell: tuple[str, str], release: str) -> Change | None:
         for c in self.changes:
@@ -159,6 +172,9 @@ def load(paths: list[str | Path]) -> dict[str, Series]:
         s = series.setdefault(fw, Series(fw))
         s.releases.append(rel)
         s.versions[rel] = {}
+        if shard.start is not None:
+            s.digests[rel] = shard.start.catalogue_digest
+            s.started[rel] = shard.start.started
         if shard.end is None or shard.end.how != "complete":
             s.incomplete.append(f"{shard.file}: run {'did not finish' if shard.end is None else shard.end.how}")
         for r in shard.records:
@@ -201,6 +217,9 @@ def changelog(series: dict[str, Series]) -> str:
         out += [f"## {fw}", "", f"Releases swept: {', '.join(s.releases)}.", ""]
         if s.incomplete:
             out += [f"- WARNING {w}" for w in s.incomplete] + [""]
+        if s.stale:
+            out += [f"- WARNING judged with an older catalogue/expectations than the newest {fw} shard (re-sweep "
+                    f"before reading changes next to them): {', '.join(s.stale)}", ""]
         groups = grouped_changes(s)
         if not groups:
             out += ["No behaviour change between consecutive releases.", ""]
@@ -252,7 +271,7 @@ def render(series: dict[str, Series]) -> str:
             rows.append({"case": cell[0], "adapter": cell[1], "tds": tds,
                          "changes": sum(t["changed"] for t in tds)})
         tables.append({"framework": fw, "releases": s.releases, "rows": rows, "groups": grouped_changes(s),
-                       "incomplete": s.incomplete, "failing": len(s.failing), "changed_rows":
+                       "incomplete": s.incomplete, "stale": s.stale, "failing": len(s.failing), "changed_rows":
                        sum(1 for r in rows if r["changes"])})
     return env.get_template("history.html.j2").render(tables=tables, short=SHORT)
 
@@ -275,7 +294,8 @@ def run(args) -> int:
         n_unexp = sum(c.unexplained for c in s.changes)
         bad += n_unexp + len(s.failing) + len(s.incomplete)
         print(f"{fw:14} {len(s.releases):3} releases {len(s.cells):5} cells {len(s.changes):4} changes "
-              f"({n_unexp} unexplained), {len(s.failing)} fails/error records, {len(s.incomplete)} incomplete")
+              f"({n_unexp} unexplained), {len(s.failing)} fails/error records, {len(s.incomplete)} incomplete, "
+              f"{len(s.stale)} judged with an older catalogue")
     print(f"bnconform history: -> {args.out}, {args.changelog}")
     return 1 if bad else 0
 
