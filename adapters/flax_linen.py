@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import ClassVar
 
 #: JAX host (CPU) devices the synchronized rows (adapters/flax_sync.py) map replicas on. XLA reads
 #: ``--xla_force_host_platform_device_count`` when jax initialises its CPU backend, so it is set
@@ -60,8 +61,27 @@ class FlaxBatchNormAdapter(Adapter):
     framework = "flax"
     observables = frozenset(OBSERVABLES) - {"num_batches_tracked"}
     use_fast_variance = True
+    #: Version dependence (issue 17's release sweep), all of it here: the oldest flax release this
+    #: row's translation runs on and why (older: every case ``unsupported`` with the reason), read in
+    #: the released sources of flax 0.6.11 ... 0.12.8.
+    since: ClassVar[tuple[str, str] | None] = None
+    #: ``nn.BatchNorm(use_fast_variance=...)`` first exists in flax 0.7.5 (not in 0.6.11); before it
+    #: ``_compute_stats`` always computes the one-pass ``E[x^2] - E[x]^2`` (the default row's algorithm),
+    #: so the default rows omit the argument there.
+    FAST_VARIANCE_ARG = "0.7.5"
+
+    @staticmethod
+    def flax_version():
+        import flax
+        from packaging.version import Version
+
+        return Version(flax.__version__)
 
     def capabilities(self, case: Case) -> str | None:
+        from packaging.version import Version
+
+        if self.since and self.flax_version() < Version(self.since[0]):
+            return f"{self.name} needs flax >= {self.since[0]} (this env: {self.flax_version()}): {self.since[1]}"
         if case.uses_cumulative_average:
             api = self.name.split("[")[0]
             return f"{api} takes a fixed float momentum (decay): no cumulative average (momentum=None)"
@@ -83,11 +103,15 @@ class FlaxLinenBatchNorm(FlaxBatchNormAdapter):
         import jax.numpy as jnp
         import flax.linen as nn
 
+        from packaging.version import Version
+
         L = case.layer
         half = case.input.dtype in ("float16", "bfloat16")
+        variance = ({"use_fast_variance": self.use_fast_variance}
+                    if self.flax_version() >= Version(self.FAST_VARIANCE_ARG) else {})  # see FAST_VARIANCE_ARG
         return nn.BatchNorm(
             axis=case.input.axis, momentum=1.0 - (L.momentum if L.momentum is not None else 0.1),
-            epsilon=L.eps, use_scale=L.affine, use_bias=L.affine, use_fast_variance=self.use_fast_variance,
+            epsilon=L.eps, use_scale=L.affine, use_bias=L.affine, **variance,
             dtype=getattr(jnp, case.input.dtype) if half else None, param_dtype=getattr(jnp, arrays.param_dtype))
 
     def build(self, cell):
@@ -140,3 +164,5 @@ class FlaxLinenBatchNormStableVariance(FlaxLinenBatchNorm):
 
     name = "flax.linen.BatchNorm[use_fast_variance=False]"
     use_fast_variance = False
+    since = ("0.7.5", "nn.BatchNorm has no use_fast_variance argument before flax 0.7.5 (flax 0.6.11 "
+                      "flax/linen/normalization.py: _compute_stats always computes E[x^2] - E[x]^2)")

@@ -57,6 +57,12 @@ _PARAM = {"weight": "scale", "bias": "bias"}
 
 class FlaxNNXBatchNorm(FlaxBatchNormAdapter):
     name = "flax.nnx.BatchNorm"
+    #: The translation below is written against the flax.nnx API of flax 0.12 (issue 17's sweep, read
+    #: in the released sources): ``nnx.vjp`` and ``Variable.set_value`` are absent from flax 0.11.2 and
+    #: older; ``flax.nnx`` itself exists from flax 0.8 (``flax.experimental.nnx`` before).
+    since = ("0.12.0", "the adapter translates to the flax.nnx API of flax 0.12 (nnx.vjp, Variable.set_value, "
+                       "nnx.Optimizer(wrt=...).update(model, grads)); nnx.vjp and Variable.set_value do not exist "
+                       "in flax 0.11.2 and older (flax.nnx itself: flax >= 0.8)")
 
     def module(self, case: Case, arrays):
         import jax.numpy as jnp

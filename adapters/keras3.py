@@ -143,8 +143,17 @@ class BatchNormalizationJAX(_Keras3):
         import jax
 
         # JAX computes in 32 bits unless x64 is enabled (the documented switch,
-        # here scoped to the case): float64 layers need it.
-        return jax.enable_x64(True) if case.input.dtype == "float64" else super().scope(case)
+        # here scoped to the case): float64 layers need it. Version dependence (issue 17's sweep), the
+        # only one of this row: top-level jax.enable_x64 exists from jax 0.8.0 (read in the released
+        # jax/__init__.py of 0.4.26 ... 0.9.2); older jax has the same scoped switch as
+        # jax.experimental.enable_x64(new_val=True) (AttributeError on jax.enable_x64 in 0.4.23).
+        if case.input.dtype != "float64":
+            return super().scope(case)
+        if hasattr(jax, "enable_x64"):
+            return jax.enable_x64(True)
+        from jax.experimental import enable_x64
+
+        return enable_x64(True)
 
     def to_backend(self, a, dtype):
         import jax.numpy as jnp

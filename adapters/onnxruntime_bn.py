@@ -44,6 +44,7 @@ from bnconform.catalogue import Backward, Case, SgdStep
 from bnconform.drive import uses_batch_stats
 
 OPSET = 15
+IR_VERSION = 8  # the IR version of opset 15 (onnx 1.10); every onnxruntime >= 1.10 loads it
 _ONNX_DTYPE = {"float64": "DOUBLE", "float32": "FLOAT", "float16": "FLOAT16", "bfloat16": "BFLOAT16"}
 
 class _OnnxBatchNorm(Adapter):
@@ -90,7 +91,10 @@ class _OnnxBatchNorm(Adapter):
             attrs["momentum"] = 1.0 - (L.momentum if L.momentum is not None else 0.1)  # decay = 1 - m
         node = helper.make_node("BatchNormalization", ["X", "scale", "B", "mean", "var"], node_out, **attrs)
         graph = helper.make_graph([node], "bn", inputs, outputs)
-        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+        # IR version 8, the one opset 15 came with: make_model would stamp the installed onnx's newest IR
+        # version, which an older onnxruntime refuses to load ("Unsupported model IR version"; e.g. onnx
+        # 1.16's IR 10 in onnxruntime 1.17) although the operator is the same -- the sweep pairs releases.
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
 
     def session(self, model):  # pragma: no cover - abstract
         raise NotImplementedError

@@ -39,15 +39,37 @@ from .keras_mirrored import MirroredReplicas as _TFKerasMirrored
 _POLICY = {"float64": "float64", "float32": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
 
+def keras2():
+    """The Keras 2 module: ``tf_keras`` (the package, from TF 2.14.1), else ``tf.keras`` where
+    TensorFlow < 2.16 still bundles Keras 2 (TF 2.12/2.13: the same code base, split out as tf-keras).
+
+    The rows' only version-dependent translation (issue 17's release sweep); TF >= 2.16 without
+    tf-keras has Keras 3 as ``tf.keras``, which is the ``keras`` adapters' business: ImportError."""
+    try:
+        import tf_keras
+
+        return tf_keras
+    except ImportError:
+        import tensorflow as tf
+        from packaging.version import Version
+
+        if Version(tf.__version__) >= Version("2.16"):
+            raise
+        return tf.keras
+
+
 class _TFKeras(TFTape, Adapter):
     framework = "tf_keras"
     fused: bool | None = None
     observables = frozenset(OBSERVABLES) - {"num_batches_tracked"}
 
     def framework_version(self) -> str:
+        """tf-keras's version; for TF's bundled Keras 2 (TF < 2.16 without tf-keras) the ``keras``
+        2.x package version that ``tf.keras`` is (e.g. 2.12.0)."""
         # The MirroredStrategy row's replicas are logical CPUs: configured before TF initialises.
         logical_cpus(LOGICAL_CPUS)
-        return super().framework_version()
+        k = keras2()
+        return str(getattr(k, "__version__", None) or __import__("keras").__version__)
 
     def capabilities(self, case: Case) -> str | None:
         L = case.layer
@@ -60,8 +82,7 @@ class _TFKeras(TFTape, Adapter):
         return None
 
     def build(self, cell):
-        import tf_keras
-
+        tf_keras = keras2()
         case, L, dt = cell.case, cell.case.layer, cell.dtype
         policy = _POLICY[dt] if dt in ("float32", "float64") else tf_keras.mixed_precision.Policy(_POLICY[dt])
         layer = cell.layer = tf_keras.layers.BatchNormalization(
@@ -80,8 +101,7 @@ class _TFKeras(TFTape, Adapter):
         return dx, dict(zip(cell.trainable, grads))
 
     def sgd_step(self, cell, lr):
-        import tf_keras
-
+        tf_keras = keras2()
         if cell.trainable:
             learn = [cell.named[n] for n in cell.trainable]
             tf_keras.optimizers.SGD(learning_rate=lr).apply_gradients(zip(cell.grads, learn))

@@ -45,6 +45,8 @@ from .builtin import location
 from .catalogue import load_catalogue
 from .explore import add_parser as add_explore_parser
 from .gate import add_parser as add_gate_parser
+from .history import add_parser as add_history_parser
+from .sweep import add_parser as add_sweep_parser
 from .report import run_notices, write_report
 
 
@@ -202,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_cases)
     add_gate_parser(sub)
     add_explore_parser(sub)
+    add_sweep_parser(sub)  # issue 17: bnconform sweep / history (bnconform/sweep.py, history.py)
+    add_history_parser(sub)
     args, rest = parser.parse_known_args(argv)
     if args.command == "run":
         return args.func(args, rest)

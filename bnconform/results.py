@@ -20,6 +20,7 @@ reports bad lines by file and line number instead of giving up.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -269,12 +270,13 @@ def _files(paths: list[str | Path]) -> list[Path]:
     for p in map(Path, paths):
         if not p.exists():
             raise FileNotFoundError(f"results path {p} does not exist")
-        files.extend(sorted(p.glob("*.jsonl")) if p.is_dir() else [p])
+        # *.jsonl.gz: committed shards kept compact (the release sweep's reports/sweep/)
+        files.extend(sorted([*p.glob("*.jsonl"), *p.glob("*.jsonl.gz")]) if p.is_dir() else [p])
     return files
 
 
 def read_shards(paths: list[str | Path]) -> list[Shard]:
-    """Read shards from files or directories (``*.jsonl`` inside), one per file.
+    """Read shards from files or directories (``*.jsonl`` and gzipped ``*.jsonl.gz`` inside), one per file.
 
     Never raises for bad content: truncated JSON, unknown schema versions and
     invalid records come back as :class:`BadLine` entries, misplaced manifest
@@ -297,7 +299,8 @@ def _read_shard(f: Path) -> Shard:
     shard = Shard(file=str(f))
     records, bad = shard.records, shard.bad_lines
     first = True
-    with open(f, encoding="utf-8", errors="replace") as fh:
+    opener = gzip.open if f.suffix == ".gz" else open
+    with opener(f, "rt", encoding="utf-8", errors="replace") as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
                 continue
