@@ -15,7 +15,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from bnconform import history
-from bnconform.results import Collected, ResultRecord, ResultsWriter, RunEnd, RunStart, read_shards
+from bnconform.results import catalogue_digest, Collected, ResultRecord, ResultsWriter, RunEnd, RunStart, read_shards
 from bnconform.sweep import load_releases
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,4 +104,11 @@ def test_gate_between_two_committed_sweep_shards_needs_no_rerun(tmp_path):
     p = subprocess.run([sys.executable, "-m", "bnconform.cli", "gate", str(shards[-1]), "--baseline", str(shards[0])],
                        cwd=tmp_path, env=env, capture_output=True, text=True)
     assert "version onnxruntime BatchNormalization" in p.stdout, p.stdout + p.stderr
-    assert p.returncode == 0, p.stdout + p.stderr
+    # The committed shards are evidence of the catalogue they were judged with: the gate compares them as they
+    # are when that is this checkout's catalogue, and refuses them as stale once cases or expectations changed
+    # (re-sweep: README 'The release sweep') -- never a silent pass on old evidence.
+    made_with = {read_shards([s])[0].start.catalogue_digest for s in (shards[0], shards[-1])}
+    if made_with == {catalogue_digest([ROOT / "cases", ROOT / "expectations"])}:
+        assert p.returncode == 0, p.stdout + p.stderr
+    else:
+        assert p.returncode == 1 and "run on another catalogue than the one on disk" in p.stdout, p.stdout + p.stderr
