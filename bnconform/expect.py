@@ -122,6 +122,7 @@ class Where(_Strict):
       float32 number (``False``: some is not).
     * ``replicas``: the case runs synchronized over replicas (``Case.replicas``).
     * ``uneven_replicas``: the case's replicas hold different batch sizes.
+    * ``num_features``: the layer's channel count C is one of these.
     * ``eps_zero``: the layer's ``eps`` is 0 (frameworks that require a
       positive eps refuse it; added for a divergence ``bnconform explore`` found).
     * ``tags``: the case has one of these tags.
@@ -155,6 +156,7 @@ class Where(_Strict):
     tags: list[str] | None = None
     replicas: bool | None = None
     uneven_replicas: bool | None = None
+    num_features: list[int] | None = None
     equal_initial_values: bool | None = None
     nonempty_batches: bool | None = None
     any_of: list["Where"] | None = Field(default=None, min_length=1)
@@ -232,6 +234,7 @@ _CONDITIONS = {
     "eps_zero": lambda c, v: (c.layer.eps == 0.0) == v,
     "tags": lambda c, v: bool(set(v) & set(c.tags)),
     "replicas": lambda c, v: (c.replicas is not None) == v,
+    "num_features": lambda c, v: c.layer.num_features in v,
     "uneven_replicas": lambda c, v: (c.replicas is not None and len(set(c.replicas)) > 1) == v,
     "equal_initial_values": lambda c, v: _equal_initial_values(c) == v,
     "nonempty_batches": lambda c, v: (c.input.reduction_size > 0) == v,
