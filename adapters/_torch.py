@@ -77,3 +77,22 @@ class TorchAdapter(Adapter):
         if str(t.dtype) == "torch.bfloat16":
             t = t.float()
         return t.numpy()
+
+
+class LeafParameters:
+    """Interpreter hooks for torch rows whose gamma/beta are explicit leaf tensors in
+    ``cell.params`` (``{"weight": (C,), "bias": (C,)}``, ``requires_grad`` only for the
+    case's trainable ones) that no ``nn.Module`` owns: ``F.batch_norm`` and
+    ``torch.func.functional_call``. The row's ``forward`` sets ``cell.x`` (a leaf that
+    requires grad) and ``cell.y``."""
+
+    def backward(self, cell, grad_output, retain):
+        cell.x.grad = None
+        for p in cell.params.values():
+            p.grad = None
+        cell.y.backward(self.tensor(grad_output, cell.dtype), retain_graph=retain)
+        return cell.x.grad, {n: cell.params[n].grad for n in cell.trainable}
+
+    def sgd_step(self, cell, lr):
+        if cell.trainable:
+            self.torch.optim.SGD([cell.params[n] for n in cell.trainable], lr=lr).step()

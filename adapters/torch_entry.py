@@ -37,7 +37,7 @@ import warnings
 
 from bnconform.catalogue import OBSERVABLES, Case
 
-from ._torch import MODULE_BY_RANK, TorchAdapter
+from ._torch import MODULE_BY_RANK, LeafParameters, TorchAdapter
 from .torch_nn import _TorchModule
 
 #: The catalogue's default initial state (what a lazy module materialises itself).
@@ -78,7 +78,7 @@ class LazyBatchNorm(_ByRank):
         return {n: v for n, v in super().state(cell).items() if not is_lazy(v)}
 
 
-class FunctionalCall(TorchAdapter):
+class FunctionalCall(LeafParameters, TorchAdapter):
     name = "torch.func.functional_call(nn.BatchNormNd)"
     observables = frozenset(OBSERVABLES)
 
@@ -102,17 +102,6 @@ class FunctionalCall(TorchAdapter):
         cell.x = self.tensor(x, cell.dtype).requires_grad_(True)
         cell.y = self.torch.func.functional_call(cell.module, {**cell.params, **cell.buffers}, (cell.x,))
         return cell.y
-
-    def backward(self, cell, grad_output, retain):
-        cell.x.grad = None
-        for p in cell.params.values():
-            p.grad = None
-        cell.y.backward(self.tensor(grad_output, cell.dtype), retain_graph=retain)
-        return cell.x.grad, {n: cell.params[n].grad for n in cell.trainable}
-
-    def sgd_step(self, cell, lr):
-        if cell.trainable:
-            self.torch.optim.SGD([cell.params[n] for n in cell.trainable], lr=lr).step()
 
     def state(self, cell):
         return {**cell.buffers, **cell.params}

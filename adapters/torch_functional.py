@@ -17,10 +17,10 @@ from __future__ import annotations
 from bnconform.catalogue import OBSERVABLES, Case
 from bnconform.drive import uses_batch_stats
 
-from ._torch import TorchAdapter
+from ._torch import LeafParameters, TorchAdapter
 
 
-class FunctionalBatchNorm(TorchAdapter):
+class FunctionalBatchNorm(LeafParameters, TorchAdapter):
     name = "torch.nn.functional.batch_norm"
     observables = frozenset(OBSERVABLES) - {"num_batches_tracked"}
 
@@ -50,17 +50,6 @@ class FunctionalBatchNorm(TorchAdapter):
                                  training=uses_batch_stats(cell.case, mode),
                                  momentum=L.momentum if L.momentum is not None else 0.1, eps=L.eps)
         return cell.y
-
-    def backward(self, cell, grad_output, retain):
-        cell.x.grad = None
-        for p in cell.params.values():
-            p.grad = None
-        cell.y.backward(self.tensor(grad_output, cell.dtype), retain_graph=retain)
-        return cell.x.grad, {n: p.grad for n, p in cell.params.items()}
-
-    def sgd_step(self, cell, lr):
-        if cell.trainable:
-            self.torch.optim.SGD([cell.params[n] for n in cell.trainable], lr=lr).step()
 
     def state(self, cell):
         return {**cell.running, **cell.params}
