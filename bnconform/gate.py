@@ -14,10 +14,16 @@ Evidence (current results, and the baseline's too):
 * every collected cell has its record, and no record is foreign to the run;
 * the run selected the whole catalogue for its adapters (a ``-k``/``-m``/path
   selection is partial) unless ``--allow-partial``;
-* all shards were run on one catalogue (same digest) and on the one on disk:
-  ``./cases`` when present (the checkout), else the built-in catalogue of the
-  installed package, plus every ``--cases`` directory (as ``bnconform run
-  --cases`` added them); a catalogue that failed to load fails;
+* all shards were run on one catalogue and on the one on disk: ``./cases``
+  when present (the checkout), else the built-in catalogue of the installed
+  package, plus every ``--cases`` directory (as ``bnconform run --cases``
+  added them); a catalogue that failed to load fails. "The catalogue" of a
+  shard is the set of files its verdicts depend on, recorded per file in its
+  manifest (``RunStart.catalogue_files``): every case file and the
+  expectations files of its own adapter groups — so a sweep shard of
+  onnxruntime stays valid evidence when ``expectations/torch.yaml`` changes,
+  and goes stale when a case or ``expectations/onnx.yaml`` does. Shards
+  written before that record are judged by their whole digest;
 * no unreadable line, no conflicting shards, at least one cell, and at least
   one value compared (a run of only ``unsupported`` cells measured nothing).
 
@@ -56,7 +62,7 @@ from pathlib import Path
 
 from .compare import SAFETY
 from .builtin import BuiltinMissing, location
-from .results import FAILING, Shard, catalogue_digest, catalogue_dirs
+from .results import FAILING, Shard, catalogue_changes, catalogue_digest, catalogue_dirs, catalogue_files
 from .resultset import Diff, Merged, diff, divergence_ids, load_and_merge, merge, unreproduced_divergences
 
 #: Error/tolerance ratios below this are within a correct algorithm's rounding
@@ -250,22 +256,43 @@ def _evidence(m: Merged, label: str, allow_partial: bool, allow_legacy: bool) ->
         if shard.records and not any(r.comparisons for r in shard.records) and len(m.shards) > 1:
             problems.append(f"{label}{shard.file}: no value was compared in any of its {len(shard.records)} cells "
                             f"(every one unsupported or errored): this run measured nothing")
-    digests = {s.start.catalogue_digest for s in m.shards if s.start is not None}
-    if len(digests) > 1:
-        problems.append(f"{label}the shards were run on different catalogues: "
-                        + "; ".join(f"{s.file}: {s.start.catalogue_digest[:19]}" for s in m.shards if s.start))
+    problems += [label + p for p in _catalogue_disagreements([s for s in m.shards if s.start is not None])]
     if m.cells and not any(r.comparisons for r in m.records):
         problems.append(f"{label}no value was compared in any cell: nothing was measured "
                         f"({', '.join(f'{v} {n}' for v, n in sorted(m.counts().items()))})")
     return problems, notes
 
 
+def _catalogue_disagreements(shards: list[Shard]) -> list[str]:
+    """Pairs of shards judged with different versions of a file both depend on (a case file, or the
+    expectations of a framework both ran). Shards of different frameworks may carry different versions of
+    each other's expectations: neither depends on the other's. Shards without a per-file record are compared
+    by their whole digest."""
+    out = []
+    for i, a in enumerate(shards):
+        for b in shards[i + 1:]:
+            fa, fb = a.start.catalogue_files, b.start.catalogue_files
+            if fa is None or fb is None:
+                differ = a.start.catalogue_digest != b.start.catalogue_digest
+                what = "catalogue digests"
+            else:
+                cases = {k for k in set(fa) | set(fb) if not k.startswith("expectations/")}
+                shared = cases | (set(fa) & set(fb))
+                diff = catalogue_changes({k: v for k, v in fa.items() if k in shared},
+                                         {k: v for k, v in fb.items() if k in shared})
+                differ, what = bool(diff), ", ".join(diff[:5])
+            if differ:
+                out.append(f"the shards were run on different catalogues: {a.file} vs {b.file} ({what})")
+    return out
+
+
 def evaluate(current: Merged, baseline: Merged | None = None, require_frameworks: list[str] | None = None, *,
              allow_partial: bool = False, allow_legacy: bool = False,
-             disk_catalogue: tuple[str, str] | None = None) -> GateResult:
+             disk_catalogue: tuple[str, str, list[Path]] | None = None) -> GateResult:
     """Apply the gate's rules (module docstring) to merged results.
 
-    ``disk_catalogue``: ``(where, digest)`` of the catalogue on disk, or None
+    ``disk_catalogue``: ``(where, digest, dirs)`` of the catalogue on disk (a shard with a per-file record
+    is stale when a case file, or an expectations file of its own groups, differs), or None
     when it is not visible. Shard checks apply to ``Merged.shards`` (results
     merged from bare records, without files, have none).
     """
@@ -274,11 +301,18 @@ def evaluate(current: Merged, baseline: Merged | None = None, require_frameworks
     res.problems += p
     res.notes += n
     if disk_catalogue is not None:
-        where, digest = disk_catalogue
+        where, digest, dirs = disk_catalogue
         for s in current.shards:
-            if s.start is not None and s.start.catalogue_digest != digest:
+            if s.start is None:
+                continue
+            if s.start.catalogue_files is None:
+                stale = [] if s.start.catalogue_digest == digest else ["(no per-file record: the whole digest differs)"]
+            else:
+                stale = catalogue_changes(s.start.catalogue_files, catalogue_files(dirs, s.start.groups))
+            if stale:
                 res.problems.append(f"{s.file}: run on another catalogue than the one on disk ({where}): "
-                                    f"stale results, or the cases changed since")
+                                    f"stale results, or the cases changed since: {', '.join(stale[:5])}"
+                                    + (f" and {len(stale) - 5} more" if len(stale) > 5 else ""))
     if baseline is not None:
         p, n = _evidence(baseline, "baseline: ", allow_partial, allow_legacy)
         res.problems += p
@@ -392,7 +426,8 @@ def run(args) -> int:
     dirs = list({d.resolve(): d for d in dirs}.values())  # the same directory twice counts once
     disk = None
     if dirs:
-        disk = (", ".join(map(str, dirs)), catalogue_digest([x for d in dirs for x in catalogue_dirs(d)]))
+        every = [x for d in dirs for x in catalogue_dirs(d)]
+        disk = (", ".join(map(str, dirs)), catalogue_digest(every), every)
     result = evaluate(current, baseline, required, allow_partial=args.allow_partial,
                       allow_legacy=args.allow_legacy_shards, disk_catalogue=disk)
     if disk is None:

@@ -95,9 +95,10 @@ class Series:
 
     @property
     def stale(self) -> list[str]:
-        """Releases judged with another catalogue (cases + expectations) than the framework's newest-started
-        shard: their verdicts predate an expectation edit; a change next to them may be the edit, not the
-        framework (re-sweep them: ``bnconform sweep --framework F --version V``)."""
+        """Releases judged with another catalogue (the cases + this framework's expectations:
+        ``RunStart.judged_with``) than the framework's newest-started shard: their verdicts predate an
+        expectation edit; a change next to them may be the edit, not the framework (re-sweep them:
+        ``bnconform sweep --framework F --version V``)."""
         if not self.digests:
             return []
         newest = self.digests[max(self.digests, key=lambda r: self.started.get(r, ""))]
@@ -173,7 +174,7 @@ def load(paths: list[str | Path]) -> dict[str, Series]:
         s.releases.append(rel)
         s.versions[rel] = {}
         if shard.start is not None:
-            s.digests[rel] = shard.start.catalogue_digest
+            s.digests[rel] = shard.start.judged_with
             s.started[rel] = shard.start.started
         if shard.end is None or shard.end.how != "complete":
             s.incomplete.append(f"{shard.file}: run {'did not finish' if shard.end is None else shard.end.how}")

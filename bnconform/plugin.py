@@ -210,7 +210,8 @@ class Recorder:
     def pytest_sessionstart(self, session):
         if self.worker or self.config.option.collectonly or not _catalogue_run(self.config):
             return
-        from .results import ResultsWriter, RunStart, catalogue_digest, catalogue_dirs, current_env, now
+        from .results import (ResultsWriter, RunStart, catalogue_digest, catalogue_dirs, catalogue_files,
+                              current_env, now)
 
         root = Path(self.config.rootpath)
         dirs = list(dict.fromkeys(d for cases in _run_catalogue(self.config) for d in catalogue_dirs(cases)))
@@ -230,9 +231,11 @@ class Recorder:
             "timeout_method": self.timeout_method,
             "workers": getattr(opt, "numprocesses", None),
         }
+        groups = sorted({s.framework for s in self.specs if s.framework})
         self.writer = ResultsWriter(_results_path(self.config))
         self.writer.write(RunStart(env=current_env(), started=now(), suite_commit=os.environ.get("BNCONFORM_COMMIT"),
                                    catalogue_digest=catalogue_digest(dirs),
+                                   catalogue_files=catalogue_files(dirs, groups), groups=groups,
                                    catalogue_dirs=[d.relative_to(root).as_posix() if d.is_relative_to(root)
                                                    else d.as_posix() for d in dirs],
                                    selection=selection))

@@ -111,11 +111,26 @@ class RunStart(_Line):
     #: :func:`catalogue_digest` of ``catalogue_dirs`` (relative to the rootdir) at the start.
     catalogue_digest: str
     catalogue_dirs: list[str] = Field(default_factory=list)
+    #: The files this run's verdicts depend on, ``{"cases/training.yaml": "<sha256 hex>", ...}``: every case
+    #: file and the expectations files covering ``groups`` (:func:`catalogue_files`). None in shards written
+    #: before it was recorded (their freshness is judged by ``catalogue_digest`` alone).
+    catalogue_files: dict[str, str] | None = None
+    #: The BUILTIN adapter groups of this run (``torch``, ``keras.jax``, ...): which expectations files matter.
+    groups: list[str] = Field(default_factory=list)
     #: The selection: ``args`` (paths / node ids), ``keyword`` (-k), ``markexpr`` (-m),
     #: ``frameworks`` (--framework), ``adapters`` (--adapter), ``require_device``, ``timeout``.
     selection: dict = Field(default_factory=dict)
     python: str = Field(default_factory=lambda: platform.python_version())
     platform: str = Field(default_factory=lambda: f"{sys.platform}-{platform.machine()}")
+
+    @property
+    def judged_with(self) -> str:
+        """A digest of the files this run's verdicts depend on (``catalogue_files``; the whole
+        ``catalogue_digest`` for shards without that record): equal for two runs of one framework judged
+        with the same cases and the same expectations of that framework."""
+        if self.catalogue_files is None:
+            return self.catalogue_digest
+        return "files:" + hashlib.sha256(json.dumps(self.catalogue_files, sort_keys=True).encode()).hexdigest()
 
 
 class Collected(_Line):
@@ -173,6 +188,55 @@ def catalogue_digest(dirs: list[str | Path]) -> str:
             h.update(f"file {rel} {len(data)}\0".encode())
             h.update(data)
     return "sha256:" + h.hexdigest()
+
+
+def _expectation_groups(path: Path) -> list[str] | None:
+    """The top-level ``groups`` of an expectations file (None when it has none or is not a YAML mapping)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    groups = raw.get("groups") if isinstance(raw, dict) else None
+    return [str(g) for g in groups] if isinstance(groups, list) else None
+
+
+def catalogue_files(dirs: list[str | Path], groups: list[str] | None = None) -> dict[str, str]:
+    """``{relpath: sha256 hex}`` of the catalogue files under ``dirs`` that a run of ``groups`` depends on.
+
+    Paths are named as in :func:`catalogue_digest` (``cases/training.yaml``). Every file of a case directory
+    counts; in a directory named ``expectations`` only the files whose top-level ``groups`` intersect
+    ``groups`` count (a file without ``groups``, or one that does not parse, always counts). ``groups=None``:
+    every file. This is what lets a shard of onnxruntime stay fresh when ``expectations/torch.yaml`` changes,
+    while any change to a case, or to its own framework's expectations, makes it stale.
+    """
+    wanted = None if groups is None else set(groups)
+    files: dict[str, str] = {}
+    for d in map(Path, dirs):
+        if not d.is_dir():
+            continue
+        for f in sorted(p for p in d.rglob("*") if p.is_file() and p.suffix in (".yaml", ".yml")):
+            if wanted is not None and d.name == "expectations":
+                covers = _expectation_groups(f)
+                if covers is not None and not wanted & set(covers):
+                    continue
+            files[f.relative_to(d.parent).as_posix()] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return files
+
+
+def catalogue_changes(recorded: dict[str, str], now: dict[str, str]) -> list[str]:
+    """The files that differ between two :func:`catalogue_files` maps: ``changed X``, ``added X`` (in ``now``
+    only), ``removed X`` (in ``recorded`` only), sorted by path."""
+    out = []
+    for k in sorted(set(recorded) | set(now)):
+        if k not in now:
+            out.append(f"removed {k}")
+        elif k not in recorded:
+            out.append(f"added {k}")
+        elif recorded[k] != now[k]:
+            out.append(f"changed {k}")
+    return out
 
 
 def catalogue_dirs(cases: str | Path) -> list[Path]:

@@ -384,3 +384,47 @@ def test_9_build_details_are_recorded_beside_a_pep440_version(project):
     recs = records(project)
     assert {(r["framework_version"], r["framework_build"]) for r in recs} == {("2.13.0", "cuDNN 91900, NVIDIA H100")}
     assert gate(project, "res")[0] == 0
+
+
+def test_staleness_follows_the_files_a_shard_depends_on(tmp_path):
+    """A shard is stale when a case file, or the expectations file of its OWN adapter groups, changed since it
+    ran; another framework's expectations file may change freely (the release sweep's committed shards stay
+    evidence across unrelated expectation edits). Two shards conflict only on files both depend on."""
+    from bnconform.gate import _catalogue_disagreements, evaluate
+    from bnconform.resultset import Merged
+    from bnconform.results import (RunStart, Shard, catalogue_changes, catalogue_digest, catalogue_dirs,
+                                   catalogue_files)
+
+    cases, exp = tmp_path / "cases", tmp_path / "expectations"
+    cases.mkdir()
+    exp.mkdir()
+    (cases / "t.yaml").write_text("theme: t\n")
+    (exp / "onnx.yaml").write_text("groups: [onnx, onnxruntime]\nentries: []\n")
+    (exp / "torch.yaml").write_text("groups: [torch]\nentries: []\n")
+    dirs = catalogue_dirs(cases)
+
+    def shard(name, groups):
+        start = RunStart(env=name, started="t", catalogue_digest=catalogue_digest(dirs),
+                         catalogue_files=catalogue_files(dirs, groups), groups=groups)
+        return Shard(file=f"{name}.jsonl", start=start)
+
+    ort, torch = shard("ort", ["onnxruntime"]), shard("torch", ["torch"])
+    assert set(ort.start.catalogue_files) == {"cases/t.yaml", "expectations/onnx.yaml"}
+
+    def stale(s):
+        return catalogue_changes(s.start.catalogue_files, catalogue_files(dirs, s.start.groups))
+
+    (exp / "torch.yaml").write_text("groups: [torch]\nentries: [{}]\n")
+    assert stale(ort) == [] and stale(torch) == ["changed expectations/torch.yaml"]
+    torch2 = shard("torch2", ["torch"])
+    assert _catalogue_disagreements([ort, torch2]) == []  # neither depends on the other's expectations
+    assert len(_catalogue_disagreements([torch, torch2])) == 1
+    (exp / "onnx.yaml").write_text("groups: [onnx, onnxruntime]\nentries: [{}]\n")
+    assert stale(ort) == ["changed expectations/onnx.yaml"]
+    (cases / "u.yaml").write_text("theme: u\n")
+    assert stale(torch2) == ["added cases/u.yaml"]
+    assert len(_catalogue_disagreements([ort, shard("ort2", ["onnxruntime"])])) == 1
+    # the gate names the changed file; a shard without a per-file record falls back to the whole digest
+    res = evaluate(Merged(shards=[torch2]),
+                   disk_catalogue=("cases", catalogue_digest(dirs), dirs))
+    assert any("stale results" in p and "added cases/u.yaml" in p for p in res.problems), res.problems
