@@ -61,6 +61,9 @@ class Release:
     #: ``uv pip install --override``: requirements that replace a dependency's declared ones (TF 2.12/2.13
     #: declare typing-extensions<4.6, which pydantic 2.7+ cannot share; the runtime works with newer)
     overrides: tuple[str, ...] = ()
+    #: delete uv's cache after THIS release, not only after the framework's last one (torch: each release's
+    #: CUDA wheels are ~3 GB, a framework's worth would not fit the disk)
+    clear_cache: bool = False
 
     @property
     def name(self) -> str:
@@ -77,7 +80,8 @@ def load_releases(path: Path) -> tuple[str, list[Release]]:
                                groups=tuple(r.get("groups", spec["groups"])),
                                env={**spec.get("env", {}), **r.get("env", {})},
                                uv_args=tuple(spec.get("uv_args", [])), pip_no_deps=tuple(r.get("pip_no_deps", [])),
-                               overrides=tuple(r.get("overrides", []))))
+                               overrides=tuple(r.get("overrides", [])),
+                               clear_cache=spec.get("clear_cache") == "per_release"))
     return str(data.get("python", "3.11")), out
 
 
@@ -243,7 +247,7 @@ def run(args) -> int:
               f"{cost.get('verdicts') or cost.get('install') or 'no shard'}", flush=True)
         bad += "shard" not in cost
         last_of_fw = i + 1 == len(chosen) or chosen[i + 1].framework != rel.framework
-        if last_of_fw and not args.keep_cache:
+        if (last_of_fw or rel.clear_cache) and not args.keep_cache:
             shutil.rmtree(cache, ignore_errors=True)
     return 1 if bad else 0
 
