@@ -603,12 +603,16 @@ def main(args) -> int:
     started = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
     space = Space(dtypes=tuple(d.strip() for d in args.dtypes.split(",") if d.strip()))
     selected = _selected(args)
-    explorations = []
+    # Every adapter's availability first, before any of them runs a framework op: a row that configures its
+    # framework before first use (the MirroredStrategy rows' logical CPUs) can still do so, and an unavailable
+    # row stops the run before its budget is spent, not after the other rows' results were gathered.
     for adapter, target, group in selected:
         why = adapter.available()
         if why:
             print(f"bnconform explore: {adapter.name}: not available on this machine: {why}", file=sys.stderr)
             return 2
+    explorations = []
+    for adapter, target, group in selected:
         e = explore_adapter(adapter, seed=args.seed, max_examples=args.max_examples, time_budget=args.time_budget,
                             max_findings=args.max_findings, space=space, target=target, group=group,
                             database=None if args.no_database else args.database)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from bnconform import cli
+from bnconform import cli, explore
 from bnconform.catalogue import Backward, Case, Forward, SgdStep, load_file
 from bnconform.compare import compare_one, tolerance
 from bnconform.explore import Space, cases, explore_adapter, signature
@@ -224,3 +224,18 @@ def test_the_explore_env_is_non_gating_on_findings_only():
     wf = yaml.safe_load((ROOT / ".github" / "workflows" / "bnconform.yml").read_text())
     assert "python -m tox -e explore" in [s.get("run") for s in wf["jobs"]["explore"]["steps"]]
     assert all("explore" not in job.get("needs", []) for job in wf["jobs"].values())
+
+
+def test_an_unavailable_row_stops_the_run_before_any_row_is_explored(tmp_path, monkeypatch, capsys):
+    """Availability of every selected row is checked before any row runs (a row that must configure its
+    framework before first use, like the MirroredStrategy rows' logical CPUs, still can; no budget is spent
+    and no result gathered only to be dropped when a later row turns out unavailable)."""
+    explored = []
+    real = explore.explore_adapter
+    monkeypatch.setattr(explore, "explore_adapter",
+                        lambda adapter, **kw: explored.append(adapter.name) or real(adapter, **kw))
+    code = cli.main(["explore", "--adapter", "tests.numpy_bn:NumpyBatchNorm", "--adapter",
+                     "tests.fake_adapters:NotHere",
+                     "--max-examples", "3", "--no-database", "--out", str(tmp_path / "out")])
+    assert code == 2 and explored == [], explored
+    assert "fake: needs a device: not available on this machine" in capsys.readouterr().err
