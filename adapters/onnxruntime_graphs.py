@@ -42,7 +42,7 @@ from bnconform.adapter import Adapter
 from bnconform.catalogue import Backward, Case, Forward, SgdStep
 from bnconform.drive import uses_batch_stats
 
-OPSET = 15
+from .onnxruntime_bn import IR_VERSION, OPSET
 _ONNX_DTYPE = {"float64": "DOUBLE", "float32": "FLOAT", "float16": "FLOAT16"}
 
 
@@ -118,7 +118,7 @@ class _ExportedGraph(Adapter):
                                       **attrs))
         graph = helper.make_graph(nodes, "exported", [helper.make_tensor_value_info("X", t, xshape)], outputs,
                                   initializer=inits)
-        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
 
     def build(self, cell):
         cell.rm, cell.rv = cell.init("running_mean"), cell.init("running_var")
