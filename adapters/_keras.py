@@ -66,7 +66,7 @@ class KerasLayer(Adapter):
 
         L, case = cell.case.layer, cell.case
         layer = cell.layer = keras.layers.BatchNormalization(
-            axis=case.input.axis, momentum=1.0 - L.momentum, epsilon=L.eps, center=L.affine, scale=L.affine,
+            axis=case.input.axis, momentum=L.decay, epsilon=L.eps, center=L.affine, scale=L.affine,
             dtype=self.policy[case.input.dtype])
         load_initial_state(cell, layer)
         cell.learn = [cell.named[n] for n in cell.trainable]

@@ -43,8 +43,7 @@ class MXNetBase(Adapter):
     @staticmethod
     def momentum(case: Case) -> float:
         """MXNet decay = 1 - new-batch weight (the value is unused when no update can happen)."""
-        m = case.layer.momentum
-        return 1.0 - (m if m is not None else 0.1)
+        return case.layer.decay
 
     @staticmethod
     def training(case: Case, mode: str) -> bool:

@@ -73,7 +73,7 @@ class EquinoxBatchNorm(Adapter):
             warnings.simplefilter("ignore")
             bn, state = eqx.nn.make_with_state(eqx.nn.BatchNorm)(
                 input_size=L.num_features, axis_name="batch", eps=L.eps, channelwise_affine=L.affine,
-                momentum=1.0 - L.momentum, dtype=getattr(jnp, pdt), mode="batch")
+                momentum=L.decay, dtype=getattr(jnp, pdt), mode="batch")
         state = state.set(bn.batch_state_index, (jnp.asarray(cell.init("running_mean"), dtype=pdt),
                                                  jnp.asarray(cell.init("running_var"), dtype=pdt)))
         cell.bn, cell.state = bn, state

@@ -110,7 +110,7 @@ class FlaxLinenBatchNorm(FlaxBatchNormAdapter):
         variance = ({"use_fast_variance": self.use_fast_variance}
                     if self.flax_version() >= Version(self.FAST_VARIANCE_ARG) else {})  # see FAST_VARIANCE_ARG
         return nn.BatchNorm(
-            axis=case.input.axis, momentum=1.0 - (L.momentum if L.momentum is not None else 0.1),
+            axis=case.input.axis, momentum=L.decay,
             epsilon=L.eps, use_scale=L.affine, use_bias=L.affine, **variance,
             dtype=getattr(jnp, case.input.dtype) if half else None, param_dtype=getattr(jnp, arrays.param_dtype))
 

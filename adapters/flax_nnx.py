@@ -73,7 +73,7 @@ class FlaxNNXBatchNorm(FlaxBatchNormAdapter):
         half = dt in ("float16", "bfloat16")
         bn = nnx.BatchNorm(
             case.input.shape[case.input.axis], axis=case.input.axis,
-            momentum=1.0 - (L.momentum if L.momentum is not None else 0.1), epsilon=L.eps,
+            momentum=L.decay, epsilon=L.eps,
             use_scale=L.affine, use_bias=L.affine, use_fast_variance=self.use_fast_variance,
             dtype=getattr(jnp, dt) if half else None, param_dtype=getattr(jnp, pdt), rngs=nnx.Rngs(0))
         bn.mean.set_value(jnp.asarray(arrays.init["running_mean"], dtype=pdt))

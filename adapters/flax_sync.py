@@ -78,7 +78,7 @@ class _FlaxSync(FlaxLinenBatchNormStableVariance):
         L = case.layer
         half = case.input.dtype in ("float16", "bfloat16")
         return nn.BatchNorm(
-            axis=case.input.axis, momentum=1.0 - (L.momentum if L.momentum is not None else 0.1),
+            axis=case.input.axis, momentum=L.decay,
             epsilon=L.eps, use_scale=L.affine, use_bias=L.affine, use_fast_variance=False, axis_name=AXIS,
             dtype=getattr(jnp, case.input.dtype) if half else None, param_dtype=getattr(jnp, arrays.param_dtype))
 

@@ -88,7 +88,7 @@ class _OnnxBatchNorm(Adapter):
             outputs += [helper.make_tensor_value_info(n, tp, [L.num_features]) for n in node_out[1:]]
         attrs = dict(epsilon=L.eps, training_mode=int(training))
         if training:
-            attrs["momentum"] = 1.0 - (L.momentum if L.momentum is not None else 0.1)  # decay = 1 - m
+            attrs["momentum"] = L.decay  # decay = 1 - m
         node = helper.make_node("BatchNormalization", ["X", "scale", "B", "mean", "var"], node_out, **attrs)
         graph = helper.make_graph([node], "bn", inputs, outputs)
         # IR version 8, the one opset 15 came with: make_model would stamp the installed onnx's newest IR

@@ -110,7 +110,7 @@ class _ExportedGraph(Adapter):
         attrs = dict(epsilon=L.eps)
         if training:
             attrs["training_mode"] = 1
-            attrs["momentum"] = 1.0 - (L.momentum if L.momentum is not None else 0.1)  # decay = 1 - m
+            attrs["momentum"] = L.decay  # decay = 1 - m
             node_out += ["running_mean", "running_var"]  # the schema requires all three in training mode
             if self.running_outputs:
                 outputs += [helper.make_tensor_value_info(n, tp, [L.num_features]) for n in node_out[1:]]

@@ -79,7 +79,7 @@ class PaddleBatchNorm(Adapter):
         paddle.set_default_dtype(pdt)
         try:
             layer = getattr(paddle.nn, cls)(
-                L.num_features, momentum=1.0 - (L.momentum if L.momentum is not None else 0.1), epsilon=L.eps,
+                L.num_features, momentum=L.decay, epsilon=L.eps,
                 data_format=fmt, use_global_stats=None if L.track_running_stats else False, **attrs)
         finally:
             paddle.set_default_dtype(previous)

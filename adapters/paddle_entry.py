@@ -99,7 +99,7 @@ class _Functional(PaddleBatchNorm):
             rv = paddle.ones([L.num_features], dtype=cell.param_dtype)
         cell.x = paddle.to_tensor(np.ascontiguousarray(x), dtype=cell.dtype, stop_gradient=False)
         cell.y = F.batch_norm(cell.x, rm, rv, cell.params.get("weight"), cell.params.get("bias"),
-                              training=training, momentum=1.0 - (L.momentum if L.momentum is not None else 0.1),
+                              training=training, momentum=L.decay,
                               epsilon=L.eps, data_format=cell.fmt, use_global_stats=ugs)
         return cell.y
 

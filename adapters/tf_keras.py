@@ -86,7 +86,7 @@ class _TFKeras(TFTape, Adapter):
         case, L, dt = cell.case, cell.case.layer, cell.dtype
         policy = _POLICY[dt] if dt in ("float32", "float64") else tf_keras.mixed_precision.Policy(_POLICY[dt])
         layer = cell.layer = tf_keras.layers.BatchNormalization(
-            axis=case.input.axis, momentum=1.0 - L.momentum, epsilon=L.eps, center=L.affine, scale=L.affine,
+            axis=case.input.axis, momentum=L.decay, epsilon=L.eps, center=L.affine, scale=L.affine,
             fused=self.fused, dtype=policy)
         load_initial_state(cell, layer)
 
@@ -168,7 +168,7 @@ class BatchNormalizationSyncMirrored(_TFKerasMirrored, _TFKeras):
         with self.make_strategy(cell).scope():
             policy = _POLICY[dt] if dt in ("float32", "float64") else tf_keras.mixed_precision.Policy(_POLICY[dt])
             layer = cell.layer = tf_keras.layers.BatchNormalization(
-                axis=case.input.axis, momentum=1.0 - L.momentum, epsilon=L.eps, center=L.affine, scale=L.affine,
+                axis=case.input.axis, momentum=L.decay, epsilon=L.eps, center=L.affine, scale=L.affine,
                 synchronized=True, dtype=policy)
             load_initial_state(cell, layer)
 

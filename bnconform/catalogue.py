@@ -228,6 +228,15 @@ class Layer(_Strict):
     frozen: list[Literal["weight", "bias"]] = Field(default_factory=list)
     init: LayerInit = Field(default_factory=LayerInit)
 
+    @property
+    def decay(self) -> float:
+        """``1 - momentum``, the ``momentum`` argument of frameworks whose momentum is the moving-average
+        DECAY (Keras, tf-keras, Flax, Paddle, MXNet, ONNX, Equinox). ``momentum: null`` (the cumulative
+        average) reaches such a framework only in a program that never updates the running statistics
+        (``Case.uses_cumulative_average`` is false: eval or untracked): the decay is then unused, and
+        ``0.9`` (the new-batch weight 0.1 of PyTorch's default) is returned for the constructor."""
+        return 1.0 - (0.1 if self.momentum is None else self.momentum)
+
 
 class Input(_Strict):
     """Input batches: ``shape`` (N, C, *) seen with the channel at

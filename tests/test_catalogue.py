@@ -128,3 +128,14 @@ def test_dataset_inputs_are_real_rows_and_shapes_are_checked(tmp_path):
     bad = body.replace("[30, 4]", "[30, 4, 1]").replace("num_features: 4", "num_features: 4")
     err = error_of(tmp_path, bad)
     assert "dataset iris" in str(err) and err.case_id == "ok"
+
+
+def test_decay_is_one_minus_momentum_and_defined_for_the_cumulative_average():
+    """``Layer.decay`` is what decay-convention frameworks (Keras, Flax, Paddle, MXNet, ONNX) are given. With
+    ``momentum: null`` an eval-only program still reaches them (``uses_cumulative_average`` is false): the
+    Keras adapters computed ``1.0 - None`` there (TypeError, found by bnconform explore on keras.torch)."""
+    from bnconform.catalogue import Layer
+
+    assert Layer(num_features=1, momentum=0.25).decay == 0.75
+    assert Layer(num_features=1, momentum=0.0).decay == 1.0
+    assert Layer(num_features=1, momentum=None).decay == 0.9
