@@ -102,6 +102,14 @@ class Profile:
         batch mean and variance are 0 (``tf.math.divide_no_nan`` in Keras
         ``keras/src/backend/tensorflow/nn.py`` ``_compute_moments_sync``) and
         are averaged in: the running statistics shrink by the decay.
+    ``empty_batch_grad_weight``: gamma's gradient after a training forward on
+        an EMPTY batch. ``"zero"`` (canonical: ``sum(g x_hat)`` over no values,
+        PyTorch); ``"nan"`` — the 0/0 batch variance reaches gamma's gradient:
+        Keras 3 ``ops.batch_normalization`` computes
+        ``(x - mean) * (rsqrt(var + eps) * gamma) + beta``, so gamma's gradient
+        is ``sum(g (x - mean)) * rsqrt(var + eps)`` = 0 * NaN = NaN
+        (``keras/src/backend/torch/nn.py`` ``batch_normalization``; the same on
+        the TF and JAX backends).
 
     ``replica_reduction`` (replica cases only, ``Case.replicas``): how the
         per-replica statistics are combined across replicas. ``"count_weighted"``
@@ -202,6 +210,7 @@ class Profile:
     fixed_gamma: bool = False
     sgd_lr_dtype: Literal["float64", "float32"] = "float64"
     empty_batch_update: Literal["skip", "nan", "zero"] = "skip"
+    empty_batch_grad_weight: Literal["zero", "nan"] = "zero"
     replica_reduction: Literal["count_weighted", "replica_average"] = "count_weighted"
     empty_replica_update: Literal["global", "skip"] = "global"
     aliased_affine_update: bool = False
@@ -1057,6 +1066,8 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
                 dw_mag, db_mag = (np.abs(g) * xh_mag).sum(axis=axes), np.abs(g).sum(axis=axes)
                 if profile.fixed_gamma:  # the gradient of a fixed gamma is 0, exactly
                     dw, dw_mag = np.zeros_like(dw), np.zeros_like(dw_mag)
+                elif m == 0 and last.used_batch and profile.empty_batch_grad_weight == "nan":
+                    dw = np.full_like(dw, np.nan)
             dx_sp = dw_sp = db_sp = None
             if prec:
                 w_sp = zeros() if profile.fixed_gamma else sp["weight"]
