@@ -41,7 +41,7 @@ import numpy as np
 
 from bnconform.catalogue import OBSERVABLES, Case, Forward
 
-from .paddle_bn import _FORMATS, PaddleBatchNorm
+from .paddle_bn import _FORMATS, PaddleBatchNorm, paddle_version
 
 
 class _Functional(PaddleBatchNorm):
@@ -142,13 +142,25 @@ class FunctionalBatchStats(_Functional):
 
 class ToStatic(PaddleBatchNorm):
     name = "paddle.jit.to_static(paddle.nn.BatchNorm1D/2D/3D)"
+    #: The oldest release this row runs on. paddle 2.6 converts to the legacy static-graph Program, whose
+    #: batch_norm / batch_norm_grad ops refuse what the 3.x PIR programs run (release sweep shard
+    #: paddle-2.6.2: 6 of its cells raised, four mechanisms quoted in the reason below).
+    since = "3.0.0"
 
     def capabilities(self, case: Case) -> str | None:
+        from packaging.version import Version
+
         from bnconform.catalogue import Backward
 
         reason = super().capabilities(case)
         if reason:
             return reason
+        if Version(paddle_version()) < Version(self.since):
+            return (f"{self.name} runs from paddle {self.since} (this env: {paddle_version()}): before 3.0 "
+                    "to_static builds a legacy static-graph Program whose batch_norm ops refuse affine=False "
+                    "backwards ('No Input(Scale) found for BatchNormGrad'), one frozen parameter ('Output(Scale@GRAD) "
+                    "and Output(Bias@GRAD) must be null or not be null at same time'), eps > 1e-3 ('epsilon' should "
+                    "be less or equal than 0.001) and untracked eval ('Required tensor shall not be nullptr')")
         last = None
         for i, step in enumerate(case.steps):
             if isinstance(step, Forward):
