@@ -46,6 +46,14 @@ class MXNetBase(Adapter):
         return case.layer.decay
 
     @staticmethod
+    def global_stats(case: Case, mode: str) -> bool:
+        """``use_global_stats`` for a forward in ``mode``: the running statistics in ``train_global_stats``,
+        except without tracked statistics, where every forward normalises with the batch statistics (the
+        catalogue's semantics; an untracked ``train_global_stats`` forward with ``use_global_stats=True``
+        normalised with the initial moving statistics: found by bnconform explore)."""
+        return mode == "train_global_stats" and case.layer.track_running_stats
+
+    @staticmethod
     def training(case: Case, mode: str) -> bool:
         """is_train for a forward in ``mode``: batch statistics need training mode."""
         return mode != "eval" or not case.layer.track_running_stats
@@ -101,7 +109,7 @@ class NDArrayHooks(MXNetBase):
             cell.y = mx.nd.BatchNorm(cell.x, cell.gamma, cell.beta, cell.rm, cell.rv, eps=case.layer.eps,
                                      momentum=self.momentum(case), axis=case.input.axis,
                                      fix_gamma=self.default_fix_gamma or not case.layer.affine,
-                                     use_global_stats=mode == "train_global_stats")
+                                     use_global_stats=self.global_stats(case, mode))
         return cell.y
 
     def backward(self, cell, grad_output, retain):
@@ -155,7 +163,7 @@ class SymbolHooks(MXNetBase):
 
     def forward(self, cell, x, mode):
         cell.train = self.training(cell.case, mode)
-        cell.exe = self.executor(cell, mode == "train_global_stats")
+        cell.exe = self.executor(cell, self.global_stats(cell.case, mode))
         cell.args["data"][:] = self.nd(x, cell.dtype)
         return cell.exe.forward(is_train=cell.train)[0]
 

@@ -39,7 +39,7 @@ Idioms translated:
 
 from __future__ import annotations
 
-from bnconform.catalogue import Case, Forward
+from bnconform.catalogue import Backward, Case, Forward, SgdStep
 
 from .mxnet_ndarray import MXNetAdapter
 
@@ -58,13 +58,24 @@ class GluonBatchNorm(MXNetAdapter):
         if "train_global_stats" in modes and "train" in modes and case.layer.track_running_stats:
             return ("gluon.nn.BatchNorm fixes use_global_stats at construction: one layer cannot normalise "
                     "with batch statistics in one training step and with the running statistics in another")
+        fresh = False
+        for step in case.steps:
+            if isinstance(step, Backward):
+                fresh = True
+            elif isinstance(step, SgdStep):
+                if not fresh:
+                    return ("gluon.Trainer.step refuses a second step without a backward in between (measured: "
+                            "UserWarning 'Gradient of Parameter ... has not been updated by backward since last "
+                            "`step`', raised; ignore_stale_grad=True would skip the update instead)")
+                fresh = False
         return None
 
     def build(self, cell):
         mx, L, pdt = self.mx, cell.case.layer, cell.param_dtype
         net = cell.net = mx.gluon.nn.BatchNorm(
             axis=cell.case.input.axis, momentum=self.momentum(cell.case), epsilon=L.eps, center=L.affine,
-            scale=L.affine, use_global_stats="train_global_stats" in cell.modes, in_channels=L.num_features)
+            scale=L.affine, use_global_stats=any(self.global_stats(cell.case, m) for m in cell.modes),
+            in_channels=L.num_features)
         net.initialize(ctx=mx.cpu())
         net.cast(cell.dtype)  # float16 -> parameters stay float32 (_BatchNorm.cast)
         net.running_mean.set_data(self.nd(cell.init("running_mean"), pdt))
