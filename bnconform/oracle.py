@@ -102,6 +102,13 @@ class Profile:
         batch mean and variance are 0 (``tf.math.divide_no_nan`` in Keras
         ``keras/src/backend/tensorflow/nn.py`` ``_compute_moments_sync``) and
         are averaged in: the running statistics shrink by the decay.
+    ``frozen_update``: what an SGD step does to a FROZEN parameter.
+        ``"skip"`` (canonical: PyTorch ``requires_grad=False`` leaves it out of
+        the optimizer); ``"zero_lr"`` — it is still stepped, with learning rate
+        0: ``w - 0 * g``, which is ``w`` where the gradient is finite and NaN
+        where it is NaN or infinite (MXNet gluon ``lr_mult = 0``: the SGD
+        kernel computes ``lr * lr_mult * grad``, ``src/operator/optimizer_op-inl.h``
+        ``SGDKernel``).
     ``empty_batch_grad_weight``: gamma's gradient after a training forward on
         an EMPTY batch. ``"zero"`` (canonical: ``sum(g x_hat)`` over no values,
         PyTorch); ``"nan"`` — the 0/0 batch variance reaches gamma's gradient:
@@ -211,6 +218,7 @@ class Profile:
     sgd_lr_dtype: Literal["float64", "float32"] = "float64"
     empty_batch_update: Literal["skip", "nan", "zero"] = "skip"
     empty_batch_grad_weight: Literal["zero", "nan"] = "zero"
+    frozen_update: Literal["skip", "zero_lr"] = "skip"
     replica_reduction: Literal["count_weighted", "replica_average"] = "count_weighted"
     empty_replica_update: Literal["global", "skip"] = "global"
     aliased_affine_update: bool = False
@@ -1123,6 +1131,12 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
                 lr = step.lr if profile.sgd_lr_dtype == "float64" else float(np.float32(step.lr))
                 for name, (grad, grad_mag, grad_sp) in grads.items():
                     if name in L.frozen:
+                        if profile.frozen_update == "zero_lr":  # w - 0 g: NaN where g is not finite
+                            with np.errstate(invalid="ignore"):
+                                if name == "weight":
+                                    w = w - 0.0 * grad
+                                else:
+                                    b = b - 0.0 * grad
                         continue
                     if name == "weight":
                         w = w - lr * grad
