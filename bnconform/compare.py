@@ -108,18 +108,56 @@ def tolerance(expected: np.ndarray, magnitude: np.ndarray, observable: str, case
     """
     if observable in EXACT:
         return np.zeros_like(expected, dtype=np.float64)
-    u_acc = UNIT_ROUNDOFF[ACCUMULATION_DTYPE[case.input.dtype]]
-    store = storage_dtype(observable, case)
-    u_store, eta_store = UNIT_ROUNDOFF[store], UNDERFLOW[store]
+    k_mag, u_store, eta_store, k_store = _tolerance_factors(observable, case, step_index)
     # In place: two temporaries instead of six (each a fresh, page-faulted array at 2^21 values).
+    # The same operations, in the same order, as the blocked comparison (_Tolerance.fill).
     tol = np.abs(np.asarray(magnitude, dtype=np.float64))
-    tol *= SAFETY * u_acc * growth(case)
+    tol *= k_mag
     stored = np.abs(np.asarray(expected, dtype=np.float64))
     stored *= u_store
     stored += eta_store
-    stored *= SAFETY * (step_index + 1)
+    stored *= k_store
     tol = np.add(tol, stored, out=tol) if tol.shape == stored.shape else tol + stored
     return tol if spread is None else tol + spread
+
+
+def _tolerance_factors(observable: str, case: Case, step_index: int) -> tuple[float, float, float, float]:
+    """The constants of :func:`tolerance`: ``tol = |magnitude| k_mag + ((|expected| u_store + eta_store) k_store)``."""
+    u_acc = UNIT_ROUNDOFF[ACCUMULATION_DTYPE[case.input.dtype]]
+    store = storage_dtype(observable, case)
+    return SAFETY * u_acc * growth(case), UNIT_ROUNDOFF[store], UNDERFLOW[store], SAFETY * (step_index + 1)
+
+
+class _Tolerance:
+    """:func:`tolerance` of one observable, computed block by block by the blocked
+    comparison (:func:`_compare_finite`) instead of as a whole array: the same
+    operations on the same float64 values in the same order, so every element is
+    bit for bit what :func:`tolerance` returns (tests/test_compare_fast.py)."""
+
+    def __init__(self, expected: np.ndarray, magnitude, observable: str, case: Case, step_index: int,
+                 spread: np.ndarray | None = None):
+        shape = np.shape(expected)
+        flat = lambda v: np.ravel(np.broadcast_to(np.asarray(v, dtype=np.float64), shape))  # noqa: E731
+        self.exact = observable in EXACT
+        self.magnitude = flat(magnitude)
+        self.spread = None if spread is None else flat(spread)
+        self.factors = None if self.exact else _tolerance_factors(observable, case, step_index)
+
+    def fill(self, start: int, stop: int, out: np.ndarray, abs_expected: np.ndarray, scratch: np.ndarray) -> None:
+        """``out[:] =`` the tolerance of flat elements ``[start, stop)``; ``abs_expected`` is
+        ``|expected|`` there (kept), ``scratch`` a buffer of the same length."""
+        if self.exact:
+            out.fill(0.0)
+            return
+        k_mag, u_store, eta_store, k_store = self.factors
+        np.abs(self.magnitude[start:stop], out=out)
+        out *= k_mag
+        np.multiply(abs_expected, u_store, out=scratch)
+        scratch += eta_store
+        scratch *= k_store
+        out += scratch
+        if self.spread is not None:
+            out += self.spread[start:stop]
 
 
 def growth(case: Case) -> float:
@@ -213,12 +251,12 @@ def compare_one(actual, exp_value, magnitude, observable: str, case: Case, i: in
     elif not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
         return ObservableComparison(**base, passed=False, message=f"dtype {a.dtype}, expected a number")
     e = exp_value
-    tol = tolerance(e, magnitude, observable, case, i, spread)
     small = dict(expected=_small(e), actual=_small(a)) if e.size <= KEEP_VALUES_UP_TO else {}
     if spread is None or not np.isinf(spread).any():
-        fast = _compare_finite(a, e, tol)
+        fast = _compare_finite(a, e, _Tolerance(e, magnitude, observable, case, i, spread))
         if fast is not None:
             return ObservableComparison(**base, passed=bool(fast["ratio"] <= 1.0), **fast, **small)
+    tol = tolerance(e, magnitude, observable, case, i, spread)
     a64 = a.astype(np.float64)
     if spread is not None:
         free = np.isinf(spread) & np.ones(e.shape, bool)
@@ -262,39 +300,73 @@ def compare_one(actual, exp_value, magnitude, observable: str, case: Case, i: in
     )
 
 
-def _compare_finite(a: np.ndarray, e: np.ndarray, tol: np.ndarray) -> dict | None:
+#: Elements per block of the blocked comparison (:func:`_compare_finite`): 2^14 float64 =
+#: 128 KiB per buffer, so a block's dozen passes stay in the core's cache instead of
+#: streaming ~16 MB arrays through memory once per pass (benchmarks/RESULTS.md).
+BLOCK = 1 << 14
+
+
+def _compare_finite(a: np.ndarray, e: np.ndarray, tol, block: int = BLOCK) -> dict | None:
     """The comparison of ``a`` with ``e`` (same shape) when every value of both is
     finite: ``{max_abs_err, max_rel_err, tol_at_worst, ratio}``; None when some
     value is not finite (NaN, inf, or a difference that overflows), which the
     general path of :func:`compare_one` judges.
 
-    Vectorised in place over two scratch arrays: at 2^21 values per channel the
-    comparison costs about as much as the framework's own BN calls, not several
-    times more (benchmarks/RESULTS.md). Same values as the general path: an
+    ``tol``: the tolerance, an array broadcastable to ``e``, or a
+    :class:`_Tolerance` that computes it block by block.
+
+    Blocked: the elements are taken ``block`` at a time in C order through four
+    scratch buffers (error, tolerance, |expected|, ratio), so the ~15 elementwise
+    passes run in cache, and the whole-size tolerance, error and ratio arrays are
+    never materialised. Exact, not approximate: every element's error, tolerance,
+    ratio and relative error is the same float64 operation as in the unblocked
+    formula, and maxima do not depend on blocking; the worst element is the FIRST
+    maximum of the ratio in C order (``np.argmax`` on the whole array; a NaN ratio,
+    from a NaN tolerance, wins as there). Same values as the general path: an
     element with zero error has ratio and relative error 0 (also where the
-    tolerance or the expected value is 0); a nonzero error over a zero
-    tolerance is an infinite ratio."""
+    tolerance or the expected value is 0); a nonzero error over a zero tolerance
+    is an infinite ratio."""
     if e.size == 0:
         return dict(max_abs_err=0.0, max_rel_err=0.0, tol_at_worst=0.0, ratio=0.0)
-    # Flat views (0-d values included: ufuncs with out= need arrays).
-    tol = np.ravel(np.broadcast_to(tol, np.shape(e)))
+    # Flat C-order views (0-d values included: ufuncs with out= need arrays); a copy only
+    # where an array is not C-contiguous.
+    if not isinstance(tol, _Tolerance):
+        flat_tol = np.ravel(np.broadcast_to(tol, np.shape(e)))
     a, e = np.ravel(a), np.ravel(np.asarray(e, dtype=np.float64))
+    n = e.size
+    k = min(block, n)
+    err_b, tol_b, abs_b, buf_b = (np.empty(k) for _ in range(4))
+    max_abs, max_rel, ratio, worst_tol = 0.0, 0.0, None, 0.0
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        err = np.subtract(a, e, dtype=np.float64)
-        np.abs(err, out=err)
-        # err >= 0 (or NaN): its sum is finite exactly when every element is (or it overflows: general path).
-        if not math.isfinite(float(err.sum())):
-            return None
-        buf = np.divide(err, tol)
-        if float(tol.min()) == 0.0:
-            buf[err == 0] = 0.0   # 0 / 0: no error is no failure
-        worst = int(np.argmax(buf))
-        ratio = float(buf[worst])
-        np.abs(e, out=buf)
-        np.divide(err, buf, out=buf)   # 0 / 0 -> NaN, dropped by fmax: zero error is relative error 0
-        rel = float(np.fmax.reduce(buf, axis=None))
-    return dict(max_abs_err=float(err.max()), max_rel_err=0.0 if math.isnan(rel) else rel,
-                tol_at_worst=float(tol[worst]), ratio=ratio)
+        for start in range(0, n, block):
+            stop = min(start + block, n)
+            size = stop - start
+            err, tol_blk, abs_e, buf = err_b[:size], tol_b[:size], abs_b[:size], buf_b[:size]
+            np.subtract(a[start:stop], e[start:stop], out=err, dtype=np.float64)
+            np.abs(err, out=err)
+            # err >= 0 or NaN: its max is finite exactly when every element is (or it overflows:
+            # the general path).
+            top = float(err.max())
+            if not math.isfinite(top):
+                return None
+            max_abs = max(max_abs, top)
+            np.abs(e[start:stop], out=abs_e)
+            if isinstance(tol, _Tolerance):
+                tol.fill(start, stop, tol_blk, abs_e, buf)
+            else:
+                tol_blk = flat_tol[start:stop]
+            np.divide(err, tol_blk, out=buf)
+            if not float(tol_blk.min()) > 0.0:
+                buf[err == 0] = 0.0   # 0 / 0 (or a NaN tolerance): no error is no failure
+            j = int(np.argmax(buf))
+            r = float(buf[j])
+            if ratio is None or r > ratio or (math.isnan(r) and not math.isnan(ratio)):
+                ratio, worst_tol = r, float(tol_blk[j])
+            np.divide(err, abs_e, out=buf)   # 0 / 0 -> NaN, dropped by fmax: zero error is relative error 0
+            rel = float(np.fmax.reduce(buf, axis=None))
+            if rel > max_rel:
+                max_rel = rel
+    return dict(max_abs_err=max_abs, max_rel_err=max_rel, tol_at_worst=worst_tol, ratio=ratio)
 
 
 def compare(expectation: Expectation, observations: dict, case: Case, observable_by_adapter: frozenset[str]) -> tuple[list[ObservableComparison], list[str]]:

@@ -333,7 +333,13 @@ def normalize(x, mean, var, eps, weight, bias, axis) -> np.ndarray:
     """``y = weight * (x - mean) / sqrt(var + eps) + bias``, per channel. Paper Alg. 1, lines 3-4."""
     x = np.asarray(x, dtype=np.float64)
     cv = lambda v: channel_view(v, x.ndim, axis)  # noqa: E731
-    return (x - cv(mean)) / np.sqrt(cv(var) + eps) * cv(weight) + cv(bias)
+    # ((x - mean) / sqrt(var + eps)) * weight + bias, evaluated in that order in ONE array
+    # (in place: no fresh, page-faulted temporary per operation at 2^21 values).
+    y = x - cv(mean)
+    y /= np.sqrt(cv(var) + eps)
+    y *= cv(weight)
+    y += cv(bias)
+    return y
 
 
 def population_variance(var_biased: np.ndarray, m: int, correction: str) -> np.ndarray:
@@ -364,10 +370,16 @@ def backward_batch_stats(g, x, mean, var, eps, weight, axis):
     x, g = np.asarray(x, np.float64), np.asarray(g, np.float64)
     axes, cv = reduce_axes(x.ndim, axis), (lambda v: channel_view(v, x.ndim, axis))
     invstd = 1.0 / np.sqrt(var + eps)
-    x_hat = (x - cv(mean)) * cv(invstd)
-    dx = cv(weight * invstd) * (g - g.mean(axis=axes, keepdims=True)
-                                - x_hat * (g * x_hat).mean(axis=axes, keepdims=True))
-    return dx, (g * x_hat).sum(axis=axes), g.sum(axis=axes)
+    # The same operations in the same order as the formula, in place, with g * x_hat
+    # formed once for its mean and its sum (bit for bit the same values).
+    x_hat = x - cv(mean)
+    x_hat *= cv(invstd)
+    gx = g * x_hat
+    gx_mean, dweight = gx.mean(axis=axes, keepdims=True), gx.sum(axis=axes)
+    dx = g - g.mean(axis=axes, keepdims=True)
+    dx -= np.multiply(x_hat, gx_mean, out=gx)
+    np.multiply(cv(weight * invstd), dx, out=dx)   # this operand order: NaN payloads too
+    return dx, dweight, g.sum(axis=axes)
 
 
 def backward_global_stats(g, x, mean, var, eps, weight, axis):
@@ -692,6 +704,9 @@ class _Forward:
     var_iv: "_VarInterval | None" = None
     mean_spread: np.ndarray | None = None
     mean_model: np.ndarray | None = None
+    #: ``np.abs(x)`` where already computed (None for a composite case, whose forward
+    #: magnitude is the preceding layer's, not |x|).
+    x_abs: np.ndarray | None = None
 
 
 def _mean_mag(mean: np.ndarray, abs_mean: np.ndarray, batch: bool) -> np.ndarray:
@@ -957,12 +972,19 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
             spread = np.broadcast_to(spread_of(0.0 if spread is None else spread), np.shape(value)).copy()
         out.values[(i, name)] = Expected(value, magnitude, spread if prec else None)
 
+    # A batch's float64 values and their absolute values, converted once per batch (a
+    # program's forwards often reuse a batch: train then eval on the same values).
+    promoted: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for i, step in enumerate(case.steps):
         if isinstance(step, Forward):
-            x = np.asarray(arrays.batches[step.batch], dtype=np.float64)
-            x_abs = np.abs(x)
+            if step.batch not in promoted:
+                x = np.asarray(arrays.batches[step.batch], dtype=np.float64)
+                promoted[step.batch] = x, np.abs(x)
+            x, x_abs = promoted[step.batch]
+            x_plain_abs = x_abs
             if case.pre is not None:  # composite: the BatchNorm sees the preceding layer's output
                 x, x_abs = pre_forward(case.pre.kind, x, arrays.pre["weight"], arrays.pre.get("bias"))
+                x_plain_abs = None
             axes = reduce_axes(ndim, axis)
             with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
@@ -991,7 +1013,7 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
                 if profile.eval_zero_debias and nbt > 0 and L.momentum is not None:
                     scale = 1.0 - (1.0 - L.momentum) ** nbt
                     mean, var = mean / scale, var / scale
-            last = _Forward(x, use_batch, mean, var, abs_mean)
+            last = _Forward(x, use_batch, mean, var, abs_mean, x_abs=x_plain_abs)
             rm0, rv0 = rm.copy(), rv.copy()
             if as_train and L.track_running_stats:
                 if profile.update_at == "forward":
@@ -1018,7 +1040,10 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
                 # mean's magnitude: a batch mean is a sum, whose running-error magnitude is
                 # mean(|x|) (Higham 2002, sec. 4.2; found by `bnconform explore`: with |mean|,
                 # an element near a near-zero mean had no room for the mean's rounding).
-                y_mag = cv(gamma_mag * invstd) * (x_abs + cv(_mean_mag(mean, abs_mean, use_batch))) + cv(beta_mag)
+                # cv(gamma_mag * invstd) * (x_abs + cv(mean magnitude)) + cv(beta_mag), in place.
+                y_mag = x_abs + cv(_mean_mag(mean, abs_mean, use_batch))
+                np.multiply(cv(gamma_mag * invstd), y_mag, out=y_mag)   # this operand order: NaN payloads too
+                y_mag += cv(beta_mag)
             y_sp = None
             if prec:
                 if use_batch:
@@ -1061,17 +1086,25 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
                     dx, dw, db = fn(g, last.x, last.mean, last.var, L.eps, gamma, axis)
                     a = 1.0 / max(m, 1)  # the weight of one value in the batch mean
                 invstd = 1.0 / np.sqrt(last.var + L.eps)
-                xh_mag = (np.abs(last.x) + cv(_mean_mag(last.mean, last.abs_mean, last.used_batch))) * cv(invstd)
+                # The magnitudes, each operation as in the written formulas and in their order, with
+                # |g|, |x| and |g| * xh_mag formed once and the elementwise chains in place.
+                x_abs = np.abs(last.x) if last.x_abs is None else last.x_abs
+                xh_mag = x_abs + cv(_mean_mag(last.mean, last.abs_mean, last.used_batch))
+                xh_mag *= cv(invstd)
+                g_abs = np.abs(g)
+                gxh = g_abs * xh_mag
+                dw_mag, db_mag = gxh.sum(axis=axes), g_abs.sum(axis=axes)
                 if last.used_batch and case.replicas is not None:  # a: one value's weight in the mean
-                    dx_mag = cv(gamma_mag * invstd) * (np.abs(g) + a * np.abs(g).sum(axis=axes, keepdims=True)
-                                                       + xh_mag * a * (np.abs(g) * xh_mag).sum(axis=axes,
-                                                                                               keepdims=True))
+                    dx_mag = cv(gamma_mag * invstd) * (g_abs + a * g_abs.sum(axis=axes, keepdims=True)
+                                                       + xh_mag * a * gxh.sum(axis=axes, keepdims=True))
                 elif last.used_batch:
-                    dx_mag = cv(gamma_mag * invstd) * (np.abs(g) + np.abs(g).mean(axis=axes, keepdims=True)
-                                                       + xh_mag * (np.abs(g) * xh_mag).mean(axis=axes, keepdims=True))
+                    # cv(gamma_mag * invstd) * (|g| + mean(|g|) + xh_mag * mean(|g| xh_mag))
+                    gxh_mean = gxh.mean(axis=axes, keepdims=True)
+                    dx_mag = g_abs + g_abs.mean(axis=axes, keepdims=True)
+                    dx_mag += np.multiply(xh_mag, gxh_mean, out=gxh)
+                    np.multiply(cv(gamma_mag * invstd), dx_mag, out=dx_mag)
                 else:
-                    dx_mag = cv(gamma_mag * invstd) * np.abs(g)
-                dw_mag, db_mag = (np.abs(g) * xh_mag).sum(axis=axes), np.abs(g).sum(axis=axes)
+                    dx_mag = cv(gamma_mag * invstd) * g_abs
                 if profile.fixed_gamma:  # the gradient of a fixed gamma is 0, exactly
                     dw, dw_mag = np.zeros_like(dw), np.zeros_like(dw_mag)
                 elif m == 0 and last.used_batch and profile.empty_batch_grad_weight == "nan":
