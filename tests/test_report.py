@@ -19,7 +19,7 @@ from bnconform import report
 from bnconform.cli import main
 from bnconform.report import diff, load_and_merge, merge, render, source_groups, summary
 from bnconform.report.contract import (AdapterInfo, BaselineCell, CaseInfo, Cell, ComparisonTable, DivergenceInfo,
-                                       OtherRecord, ReportData, RunInfo, Source, Trajectory)
+                                       OtherRecord, ReportData, RowLayout, RunInfo, Source, Trajectory)
 from bnconform.results import ResultRecord
 
 DATA = Path(__file__).parent / "data" / "report"
@@ -215,7 +215,10 @@ def test_html_has_header_matrix_views_and_merge_problems(html, current):
 APP_JS = Path(report.__file__).resolve().parents[1] / "templates" / "app.js.j2"
 #: app.js.j2's names for data objects (its header comment) -> the contract model they hold.
 JS_NAMES = {"D": ReportData, "cell": Cell, "cs": CaseInfo, "ad": AdapterInfo, "dv": DivergenceInfo, "src": Source,
-            "other": OtherRecord, "was": BaselineCell, "row": ComparisonTable, "run": RunInfo, "traj": Trajectory}
+            "other": OtherRecord, "was": BaselineCell, "ct": ComparisonTable, "lay": RowLayout, "run": RunInfo,
+            "traj": Trajectory}
+#: ... and the fields of a comparison row object (``rows()``: a table's columns and its layout's).
+ROW_FIELDS = (set(ComparisonTable.model_fields) - {"layout"}) | set(RowLayout.model_fields)
 
 
 def _embedded(html: str, block: str):
@@ -232,13 +235,17 @@ def test_embedded_data_validates_against_the_contract(html):
     quirk = by_cell[("ema-3steps", "fw_y.BN")]
     assert quirk.verdict == "quirk" and data.divergences[quirk.divergences[0]].id == "biased-running-var"
     table = quirk.comparisons
-    assert table.step == [0, 0, 1, 1, 2, 2]
-    assert [data.observables[k] for k in table.observable[:2]] == ["running_mean", "running_var"]
+    rows = data.layouts[table.layout]
+    assert rows.step == [0, 0, 1, 1, 2, 2] and len(table.ratio) == 6
+    assert [data.observables[k] for k in rows.observable[:2]] == ["running_mean", "running_var"]
     assert table.passed is None and not all(quirk.canonical_comparisons.passed)  # null: every row passed
+    # the same rows (steps x observables) are one layout, stored once for every table that has them
+    assert quirk.canonical_comparisons.layout == table.layout
+    assert len({(tuple(l.step), tuple(l.observable)) for l in data.layouts}) == len(data.layouts)
     ema = data.cases[quirk.case]
     assert ema.steps == ["forward(train)"] * 3  # each step's operation once per case, not per row
-    assert data.runs[quirk.run] == RunInfo(env="fw_y", framework_version="2.3", python="3.11.7",
-                                           platform="linux-x86_64", device="cpu")
+    assert data.runs[quirk.run].model_dump(exclude={"t0"}) == dict(
+        env="fw_y", framework_version="2.3", python="3.11.7", platform="linux-x86_64", device="cpu")
     assert quirk.baseline == BaselineCell(verdict="conforms", divergences=[], framework_version="2.2")
     assert by_cell[("eval-uses-running", "fw_x.functional")].baseline.verdict is None  # new cell
     conflict = by_cell[("nhwc-train", "fw_x.BatchNorm")]
@@ -250,6 +257,7 @@ def test_cells_leave_out_fields_equal_to_their_defaults(html):
     raw = _embedded(html, "bn-data")
     unsupported = next(c for c in raw["cells"] if c["verdict"] == "unsupported")
     assert "baseline" not in unsupported and "comparisons" not in unsupported and "reason" in unsupported
+    assert "nodeid" not in unsupported  # the standard CASE_FILE::CASE[ADAPTER]: the page composes it
     assert raw["cell_defaults"]["divergences"] == [] and raw["cell_defaults"]["comparisons"] is None
     assert set(raw["cell_defaults"]) == {n for n, f in Cell.model_fields.items() if not f.is_required()}
 
@@ -283,7 +291,8 @@ def test_what_the_page_can_compose_is_not_sent():
     r = rec(verdict="known_bug", divergences=[d, {**d, "id": "x"}], env="torch", nodeid="cases/x.yaml::c[a]",
             reason="biased-var: biased running variance; x: biased running variance — error 3x the tolerance")
     assert _reason(r) == {"reason": " — error 3x the tolerance", "reason_cites_divergences": True}
-    assert _reason(r.model_copy(update={"reason": "other text"})) == {"reason": "other text"}
+    assert _reason(r.model_copy(update={"reason": "other text"})) == {"reason": "other text",
+                                                                       "reason_cites_divergences": False}
     assert _reason(rec(verdict="error", reason="boom")) == {"reason": "boom"}
     assert _rerun(r) is None  # tox -e torch -- "cases/x.yaml::c[a]": the page composes it
     for update in ({"env": "local"}, {"plugin_adapter": "pkg.mod:Cls"}, {"nodeid": 'cases/x.yaml::c["$HOME"]'}):
@@ -293,18 +302,20 @@ def test_what_the_page_can_compose_is_not_sent():
 
 def test_contract_rejects_unknown_fields_and_ragged_comparison_tables():
     with pytest.raises(ValidationError, match="columns of unequal length"):
-        ComparisonTable(step=[0, 1], observable=[0], passed=[True], max_abs_err=[0.0], max_rel_err=[0.0],
+        ComparisonTable(layout=0, passed=[True, True], max_abs_err=[0.0], max_rel_err=[0.0],
                         tol_at_worst=[1.0], ratio=[0.0])
+    with pytest.raises(ValidationError, match="2 steps but 1 observables"):
+        RowLayout(step=[0, 1], observable=[0])
     with pytest.raises(ValidationError, match="2 steps but 1 values"):
         Trajectory(observable="running_var", channels=1, step=[0, 1], value=[[1.0]])
     with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
         ReportData.model_validate({"cases": [], "adapters": [], "divergences": [], "cells": [], "glyphs": {},
-                                   "runs": [], "observables": [], "cell_defaults": {}, "plots_note": None,
-                                   "rows": []})
+                                   "runs": [], "observables": [], "layouts": [], "cell_defaults": {},
+                                   "plots_note": None, "rows": []})
 
 
 def test_every_contract_field_is_documented():
-    for model in {*JS_NAMES.values(), OtherRecord}:
+    for model in {*JS_NAMES.values(), OtherRecord, RowLayout}:
         assert model.__doc__
         assert [n for n, f in model.model_fields.items() if not f.description] == [], model.__name__
     assert "description" in ReportData.model_json_schema()["$defs"]["ComparisonTable"]["properties"]["ratio"]
@@ -313,10 +324,11 @@ def test_every_contract_field_is_documented():
 def test_page_script_reads_only_fields_of_the_contract():
     """A field renamed on one side only would leave part of the drill-down empty: no browser error shows it."""
     js = APP_JS.read_text(encoding="utf-8")
-    read = set(re.findall(r"\b(" + "|".join(JS_NAMES) + r")\.([A-Za-z_]\w*)", js))
-    unknown = sorted(f"{v}.{f}" for v, f in read if f not in JS_NAMES[v].model_fields)
+    fields = {v: set(m.model_fields) for v, m in JS_NAMES.items()} | {"row": ROW_FIELDS}
+    read = set(re.findall(r"\b(" + "|".join(fields) + r")\.([A-Za-z_]\w*)", js))
+    unknown = sorted(f"{v}.{f}" for v, f in read if f not in fields[v])
     assert not unknown, f"app.js.j2 reads fields the contract does not have: {unknown}"
-    assert {v for v, _ in read} == set(JS_NAMES)  # every name is in use, so the check covers the drill-down
+    assert {v for v, _ in read} == set(fields)  # every name is in use, so the check covers the drill-down
     # rows are read by field name, never by position
     assert not re.search(r"\b(row|cell|r)\[\d+\]", js)
 

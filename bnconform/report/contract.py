@@ -32,8 +32,23 @@ Numbers are rounded to what the page shows: errors, tolerances and ratios to
 Field names follow the result records (:class:`bnconform.results.ResultRecord`)
 where the value is the same. Comparisons are sent as a column table
 (:class:`ComparisonTable`: one list per field, row ``k`` is every column's
-``k``-th entry) because they are most of the data; the script turns them into
-row objects with named fields (``rows()`` in ``app.js.j2``).
+``k``-th entry) because they are most of the data; which step and observable
+each row is comes from a :class:`RowLayout` shared by every table with the same
+rows (the adapters of one case compare the same steps and observables); the
+script turns them into row objects with named fields (``rows()`` in
+``app.js.j2``). What repeats across cells is stored once and referred to by
+index: a cell's reason is an entry of its adapter's :attr:`AdapterInfo.reasons`
+(most ``unsupported`` cells of one adapter share a few reasons), its time a
+number of seconds after its run's :attr:`RunInfo.t0`, its pytest node id left
+out when it is the standard ``FILE::CASE[ADAPTER]``.
+
+Size budget (issue 22): the full matrix (every env, ~7,800 cells of which ~45 %
+``unsupported``) in one page of at most 5 MB, written in at most 10 s of CPU;
+``tests/test_report.py::test_page_size_per_cell_fits_the_full_matrix_budget``
+guards it.
+
+The report builds the data as plain JSON values (:mod:`.data`) and validates the
+whole block against :class:`ReportData` once, when it is built.
 """
 
 from __future__ import annotations
@@ -44,7 +59,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from ..results import Verdict
 
-CONTRACT_VERSION = 2
+CONTRACT_VERSION = 3
 #: Significant digits of plotted values (trajectories): a plot resolves ~1/300 of its range.
 PLOT_DIGITS = 4
 #: Channels whose running statistics are embedded and plotted per trajectory (the rest are counted).
@@ -125,6 +140,9 @@ class AdapterInfo(_Model):
     """Adapter name, e.g. ``torch.nn.BatchNorm2d``."""
     framework: str
     """Framework group (the framework filter and the matrix's header row)."""
+    reasons: list[str] = []
+    """The distinct reasons of this adapter's cells (error messages, unsupported reasons, why a cell fails),
+    each once: :attr:`Cell.reason` is an index into this list."""
 
 
 class DivergenceInfo(_Model):
@@ -175,20 +193,37 @@ class RunInfo(_Model):
     """``sys.platform-machine``, e.g. ``linux-x86_64``."""
     device: str
     """Device it ran on: ``cpu`` or e.g. ``cuda``."""
+    t0: str | None = None
+    """The earliest cell time of this run in the form ``YYYY-MM-DDTHH:MM:SS+00:00``: a cell's
+    :attr:`Cell.timestamp` given as a number counts seconds from it; null when no cell time has that form."""
 
 
-class ComparisonTable(_Model):
-    """Comparisons of one cell, one column per field, in the order the engine compared them.
-
-    Row ``k`` (every list's ``k``-th entry) is one comparison: at ``step`` after
-    ``op``, the worst element of ``observable`` against the tolerance there.
-    Fields as in a record's ``comparisons`` entries (:mod:`bnconform.compare`).
-    """
+class RowLayout(_Model):
+    """Which comparison a row of a :class:`ComparisonTable` is: row ``k`` is at step ``step[k]``, observable
+    ``observable[k]``. Stored once for every table with the same rows (``ReportData.layouts``)."""
 
     step: list[int | None]
     """Step index of the case's program (0-based); its operation is ``CaseInfo.steps[step]``."""
     observable: list[int]
     """Index into ``ReportData.observables`` (``output``, ``running_var``, ``grad_input``, ...)."""
+
+    @model_validator(mode="after")
+    def _same_length(self) -> "RowLayout":
+        if len(self.step) != len(self.observable):
+            raise ValueError(f"{len(self.step)} steps but {len(self.observable)} observables")
+        return self
+
+
+class ComparisonTable(_Model):
+    """Comparisons of one cell, one column per field, in the order the engine compared them.
+
+    Row ``k`` (every list's ``k``-th entry) is one comparison: at step ``layout.step[k]`` (after the
+    operation ``CaseInfo.steps[step]``), the worst element of observable ``layout.observable[k]``
+    against the tolerance there. Fields as in a record's ``comparisons`` entries (:mod:`bnconform.compare`).
+    """
+
+    layout: int
+    """Index into ``ReportData.layouts``: the step and observable of every row (as many rows as the columns)."""
     passed: list[bool] | None = None
     """Whether every element was within tolerance (and the structure matched); the whole column is null
     (left out of the JSON) when every row passed."""
@@ -208,7 +243,7 @@ class ComparisonTable(_Model):
     @model_validator(mode="after")
     def _same_length(self) -> "ComparisonTable":
         lengths = {name: len(getattr(self, name)) for name in type(self).model_fields
-                   if getattr(self, name) is not None}
+                   if name != "layout" and getattr(self, name) is not None}
         if len(set(lengths.values())) != 1:
             raise ValueError(f"columns of unequal length: {lengths}")
         return self
@@ -256,12 +291,14 @@ class Cell(_Model):
     """Index into ``ReportData.adapters``."""
     verdict: Verdict
     """The cell's verdict (``conforms``, ``quirk``, ``known_bug``, ``fails``, ``unsupported``, ``error``)."""
-    reason: str | None = None
-    """Error message, unsupported reason or why it fails; null when none. With
-    ``reason_cites_divergences``, only what follows the divergences' list (below)."""
-    reason_cites_divergences: bool = False
-    """True: the recorded reason is the ``id: summary`` of each of ``divergences``, joined by ``"; "``,
-    followed by ``reason`` (a quirk's or known bug's reason; the page puts it back together)."""
+    reason: int | None = None
+    """Error message, unsupported reason or why it fails: an index into the cell's adapter's
+    :attr:`AdapterInfo.reasons`; null when none. With ``reason_cites_divergences``, only what follows the
+    divergences' list (below)."""
+    reason_cites_divergences: bool = True
+    """Read only when the cell shows ``divergences``: true (the default) when its recorded reason is the
+    ``id: summary`` of each of them, joined by ``"; "``, followed by ``reason`` (a quirk's or known bug's
+    reason; the page puts it back together); false when the recorded reason is ``reason`` alone."""
     divergences: list[int] = []
     """Indices into ``ReportData.divergences``: the documented divergences shown."""
     comparisons: ComparisonTable | None = None
@@ -273,16 +310,19 @@ class Cell(_Model):
     oracle_trajectories: list[Trajectory] = []
     """The oracle with the cell's documented divergences, per observable where it differs from the
     canonical one (``CaseInfo.oracle``); empty otherwise (drawn dashed)."""
-    not_observed: list[str] = []
-    """Observables this adapter cannot read back."""
+    not_observed: list[int] = []
+    """Observables this adapter cannot read back (indices into ``ReportData.observables``)."""
     run: int
     """Index into ``ReportData.runs``: env, framework version, python, platform and device of the record."""
-    timestamp: str
-    """ISO 8601 time the record was written."""
+    timestamp: str | int
+    """Time the record was written: seconds after its run's :attr:`RunInfo.t0` (the page shows
+    ``YYYY-MM-DDTHH:MM:SS+00:00``), or the ISO 8601 text as recorded when it has another form."""
     duration_s: float | None = None
     """Seconds the cell took (3 significant digits)."""
-    nodeid: str | None = None
-    """pytest node id of the cell."""
+    nodeid: str | None = ""
+    """pytest node id of the cell; ``""`` (the default, left out of the JSON): the standard
+    ``CASE_FILE::CASE_ID[ADAPTER]`` of the cell's case file, case id and adapter name (the page composes
+    it); null: none recorded."""
     rerun: str | None = None
     """Shell command that reruns the cell (:func:`bnconform.report.data.rerun_command`); null when there is
     no ``nodeid`` or when the command is ``tox -e ENV -- "NODEID"`` with the cell's env and node id (the page
@@ -298,7 +338,7 @@ class Cell(_Model):
 class ReportData(_Model):
     """The ``#bn-data`` block: everything the drill-down shows."""
 
-    contract: Literal[2] = CONTRACT_VERSION
+    contract: Literal[3] = CONTRACT_VERSION
     """Version of this contract (bumped on an incompatible change)."""
     cases: list[CaseInfo]
     """Rows of the matrix, by theme, case file, case id."""
@@ -309,7 +349,9 @@ class ReportData(_Model):
     runs: list[RunInfo]
     """Every distinct (env, framework version, python, platform, device) of the records, once each."""
     observables: list[str]
-    """Observable names the comparison tables refer to by index."""
+    """Observable names the comparison tables and ``not_observed`` refer to by index."""
+    layouts: list[RowLayout]
+    """Every distinct (step, observable) row sequence of the comparison tables, once each."""
     cells: list[Cell]
     """Ordered by case, then adapter; matrix cells point here with ``data-i``."""
     glyphs: dict[Verdict, str]
@@ -321,13 +363,32 @@ class ReportData(_Model):
     library inlined); null when the page draws them."""
 
 
+    @model_validator(mode="after")
+    def _tables_fit_their_layouts(self) -> "ReportData":
+        for n, cell in enumerate(self.cells):
+            reasons = self.adapters[cell.adapter].reasons if cell.adapter < len(self.adapters) else []
+            if cell.reason is not None and not 0 <= cell.reason < len(reasons):
+                raise ValueError(f"cell {n}: reason {cell.reason} is not an entry of its adapter's reasons")
+            if isinstance(cell.timestamp, int) and self.runs[cell.run].t0 is None:
+                raise ValueError(f"cell {n}: a timestamp in seconds but its run has no t0")
+            for table in (cell.comparisons, cell.canonical_comparisons):
+                if table is None:
+                    continue
+                if not 0 <= table.layout < len(self.layouts):
+                    raise ValueError(f"cell {n}: layout {table.layout} does not exist")
+                if len(table.ratio) != len(self.layouts[table.layout].step):
+                    raise ValueError(f"cell {n}: {len(table.ratio)} rows but layout {table.layout} has "
+                                     f"{len(self.layouts[table.layout].step)}")
+        return self
+
+
 def cell_defaults() -> dict[str, Any]:
     """``ReportData.cell_defaults``: field name -> default of every :class:`Cell` field that has one (JSON values)."""
     return {name: f.default for name, f in Cell.model_fields.items() if not f.is_required()}
 
 
-def dump_data(data: ReportData) -> dict[str, Any]:
-    """``data`` as the JSON types embedded in the page: cells without the fields equal to their defaults."""
-    out = data.model_dump(mode="json", exclude={"cells"})
-    out["cells"] = [c.model_dump(mode="json", exclude_defaults=True) for c in data.cells]
-    return out
+def validate_data(data: dict[str, Any]) -> dict[str, Any]:
+    """Check ``data`` (JSON values, cells without the fields equal to their defaults) against
+    :class:`ReportData` in one call and return it unchanged; raises ``pydantic.ValidationError``."""
+    ReportData.model_validate(data)
+    return data

@@ -1,7 +1,7 @@
 """The template's view model: what ``parity.html.j2`` renders, as plain Python values.
 
 :func:`build_context` returns the template's variables (below); the drill-down
-data goes in ``data`` (:class:`~.contract.ReportData` dumped to JSON types;
+data goes in ``data`` (:class:`~.contract.ReportData` as JSON values;
 ``plots`` says whether the page inlines the plotting library and draws from it).
 The matrices are rendered server-side:
 
@@ -32,7 +32,6 @@ from pathlib import Path
 
 from ..results import VERDICTS, ResultRecord
 from ..resultset import Diff, Merged, divergence_ids
-from .contract import dump_data
 from .data import GLYPHS, Layout, build_data, safe_url
 
 #: Worst first: the colour a group of cells takes in the summary views.
@@ -169,7 +168,7 @@ def build_context(merged: Merged, title: str = "bnconform parity report", baseli
         if r is None:
             return None
         changed = key in changes or key in added or case_id in new_cases or adapter in new_adapters
-        return {"v": r.verdict, "g": GLYPHS[r.verdict], "i": cell_index[key], "mark": data.cells[cell_index[key]].mark,
+        return {"v": r.verdict, "g": GLYPHS[r.verdict], "i": cell_index[key], "mark": data["cells"][cell_index[key]].get("mark"),
                 "changed": changed}
 
     def row(case_id):
@@ -213,7 +212,7 @@ def build_context(merged: Merged, title: str = "bnconform parity report", baseli
         "themes": themes,
         "by_source": by_source,
         "questions": _questions(merged, layout, by_source),
-        "data": dump_data(data),
+        "data": data,
         "plots": plots_note is None,
         "duplicates": merged.duplicates,
         "conflicts": merged.conflicts,
