@@ -95,15 +95,12 @@ class Trajectory(_Model):
     """How many channels the observable has (only the first ``PLOT_CHANNELS`` are in ``value``)."""
     step: list[int]
     """Step indices, increasing."""
-    value: list[list[float | None]] | None
-    """One list of channel values per step index; null in :attr:`Cell.trajectories` when they equal (same
-    steps, this precision) the oracle the cell was judged against: its ``oracle_trajectories`` entry for
-    the observable if it has one, else the case's canonical :attr:`CaseInfo.oracle`. The plot draws the
-    adapter's points there."""
+    value: list[list[float | None]]
+    """One list of channel values per step index."""
 
     @model_validator(mode="after")
     def _one_value_per_step(self) -> "Trajectory":
-        if self.value is not None and len(self.step) != len(self.value):
+        if len(self.step) != len(self.value):
             raise ValueError(f"{len(self.step)} steps but {len(self.value)} values")
         return self
 
@@ -223,7 +220,10 @@ class ComparisonTable(_Model):
     """
 
     layout: int
-    """Index into ``ReportData.layouts``: the step and observable of every row (as many rows as the columns)."""
+    """Index into ``ReportData.layouts``: the step and observable of every row."""
+    rows: list[int] | None = None
+    """Which rows of the layout the columns hold, increasing; null (left out): every row. Only a cell's
+    ``canonical_comparisons`` leave rows out: those equal to the same row of its ``comparisons``."""
     passed: list[bool] | None = None
     """Whether every element was within tolerance (and the structure matched); the whole column is null
     (left out of the JSON) when every row passed."""
@@ -243,7 +243,7 @@ class ComparisonTable(_Model):
     @model_validator(mode="after")
     def _same_length(self) -> "ComparisonTable":
         lengths = {name: len(getattr(self, name)) for name in type(self).model_fields
-                   if name != "layout" and getattr(self, name) is not None}
+                   if name not in ("layout", "rows") and getattr(self, name) is not None}
         if len(set(lengths.values())) != 1:
             raise ValueError(f"columns of unequal length: {lengths}")
         return self
@@ -304,9 +304,14 @@ class Cell(_Model):
     comparisons: ComparisonTable | None = None
     """Errors against the oracle used for the verdict (with the divergences' options, if any); null if none."""
     canonical_comparisons: ComparisonTable | None = None
-    """Errors against the canonical oracle, recorded when a divergence changed the oracle; else null."""
-    trajectories: list[Trajectory] = []
-    """The adapter's running statistics per step (what the plots draw against ``CaseInfo.oracle``)."""
+    """Errors against the canonical oracle, recorded when a divergence changed the oracle; else null. Its
+    ``rows`` (when set) leave out the rows equal to ``comparisons``' (same layout): the divergence changes
+    only some observables."""
+    trajectories: list[Trajectory | Literal["running_mean", "running_var"]] = []
+    """The adapter's running statistics per step (what the plots draw against ``CaseInfo.oracle``); an
+    observable's name alone where they equal (same steps, channels, this precision) the oracle the cell
+    was judged against: its ``oracle_trajectories`` entry for the observable if it has one, else the
+    case's canonical :attr:`CaseInfo.oracle` (the plot draws the adapter's points there)."""
     oracle_trajectories: list[Trajectory] = []
     """The oracle with the cell's documented divergences, per observable where it differs from the
     canonical one (``CaseInfo.oracle``); empty otherwise (drawn dashed)."""
@@ -376,9 +381,14 @@ class ReportData(_Model):
                     continue
                 if not 0 <= table.layout < len(self.layouts):
                     raise ValueError(f"cell {n}: layout {table.layout} does not exist")
-                if len(table.ratio) != len(self.layouts[table.layout].step):
-                    raise ValueError(f"cell {n}: {len(table.ratio)} rows but layout {table.layout} has "
-                                     f"{len(self.layouts[table.layout].step)}")
+                size = len(self.layouts[table.layout].step)
+                if table.rows is None and len(table.ratio) != size:
+                    raise ValueError(f"cell {n}: {len(table.ratio)} rows but layout {table.layout} has {size}")
+                if table.rows is not None and (
+                        table is cell.comparisons or cell.comparisons is None
+                        or cell.comparisons.layout != table.layout or len(table.rows) != len(table.ratio)
+                        or table.rows != sorted(set(table.rows)) or not all(0 <= k < size for k in table.rows)):
+                    raise ValueError(f"cell {n}: canonical rows {table.rows} do not fit its comparisons")
         return self
 
 

@@ -134,22 +134,37 @@ class _Index(dict):
         return k
 
 
-def _comparison_table(cmps: list[dict], observable_index: dict[str, int], layouts: _Index) -> dict | None:
-    """A record's comparisons as a :class:`~.contract.ComparisonTable` (JSON values, default columns left out)."""
-    if not cmps:
-        return None
+#: The columns of a :class:`~.contract.ComparisonTable` besides its layout and rows.
+_NUMBERS = ("max_abs_err", "max_rel_err", "tol_at_worst", "ratio")
+
+
+def _comparison_rows(cmps: list[dict]) -> list[tuple]:
+    """Per comparison: (passed, the numbers of :data:`_NUMBERS` as the page shows them, message)."""
+    return [(bool(c.get("passed")), *(_num(c.get(n)) for n in _NUMBERS), _text(c.get("message"))) for c in cmps]
+
+
+def _comparison_table(cmps: list[dict], observable_index: dict[str, int], layouts: _Index,
+                      base: tuple[int, list[tuple]] | None = None) -> tuple[dict, int, list[tuple]]:
+    """A record's comparisons as a :class:`~.contract.ComparisonTable` (JSON values, default columns left
+    out), its layout index and its rows. ``base``: the layout and rows of the cell's ``comparisons``: with
+    the same layout, only the rows that differ from them are stored (``rows``)."""
     steps = tuple(c.get("step") for c in cmps)
     observables = tuple(observable_index[_observable(c)] for c in cmps)
-    table = {"layout": layouts.of((steps, observables), {"step": list(steps), "observable": list(observables)})}
-    passed = [bool(c.get("passed")) for c in cmps]
-    if not all(passed):
-        table["passed"] = passed
-    for name in ("max_abs_err", "max_rel_err", "tol_at_worst", "ratio"):
-        table[name] = [_num(c.get(name)) for c in cmps]
-    messages = [_text(c.get("message")) for c in cmps]
-    if any(m is not None for m in messages):
-        table["message"] = messages
-    return table
+    layout = layouts.of((steps, observables), {"step": list(steps), "observable": list(observables)})
+    rows = _comparison_rows(cmps)
+    table: dict = {"layout": layout}
+    kept = rows
+    if base is not None and base[0] == layout:
+        which = [k for k, (row, other) in enumerate(zip(rows, base[1])) if row != other]
+        table["rows"], kept = which, [rows[k] for k in which]
+    columns = list(zip(*kept)) or [()] * (len(_NUMBERS) + 2)
+    if not all(columns[0]):
+        table["passed"] = list(columns[0])
+    for n, name in enumerate(_NUMBERS, 1):
+        table[name] = list(columns[n])
+    if any(m is not None for m in columns[-1]):
+        table["message"] = list(columns[-1])
+    return table, layout, rows
 
 
 def _channels(v) -> list | None:
@@ -295,16 +310,18 @@ def build_data(merged: Merged, layout: Layout, baseline_diff: Diff | None = None
         if r.divergences:
             cell["divergences"] = [divs.of(json.dumps(d, sort_keys=True, default=str), _divergence_info(d))
                                    for d in r.divergences]
-        for name, cmps in (("comparisons", r.comparisons), ("canonical_comparisons", r.canonical_comparisons)):
-            if cmps:
-                cell[name] = _comparison_table(cmps, obs_index, layouts)
+        base = None
+        if r.comparisons:
+            cell["comparisons"], *base = _comparison_table(r.comparisons, obs_index, layouts)
+        if r.canonical_comparisons:
+            cell["canonical_comparisons"], _, _ = _comparison_table(r.canonical_comparisons, obs_index, layouts, base)
         if plots:
             alt = []
             if r.canonical_comparisons:  # compared against the oracle with the cell's divergences
                 alt = [t for t in _trajectory_models(_trajectories(r.comparisons, "expected"))
                        if t not in oracle_plots.get(r.case_id, [])]
             judged = {t["observable"]: t for t in oracle_plots.get(r.case_id, [])} | {t["observable"]: t for t in alt}
-            trajectories = [{**t, "value": None} if judged.get(t["observable"]) == t else t
+            trajectories = [t["observable"] if judged.get(t["observable"]) == t else t
                             for t in _trajectory_models(_trajectories(r.comparisons, "actual"))]
             if trajectories:
                 cell["trajectories"] = trajectories
