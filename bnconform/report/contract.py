@@ -55,7 +55,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..results import Verdict
 
@@ -280,7 +280,7 @@ class BaselineCell(_Model):
 class Cell(_Model):
     """One (case, adapter) cell: what its drill-down shows.
 
-    A field equal to its default (null, ``[]``) is left out of the embedded JSON
+    A field equal to its default (null, ``[]``, ...) is left out of the embedded JSON
     (most cells have no reason, divergence, mark or baseline change); the page
     fills it in from ``ReportData.cell_defaults``.
     """
@@ -299,7 +299,7 @@ class Cell(_Model):
     """Read only when the cell shows ``divergences``: true (the default) when its recorded reason is the
     ``id: summary`` of each of them, joined by ``"; "``, followed by ``reason`` (a quirk's or known bug's
     reason; the page puts it back together); false when the recorded reason is ``reason`` alone."""
-    divergences: list[int] = []
+    divergences: list[int] = Field(default_factory=list)
     """Indices into ``ReportData.divergences``: the documented divergences shown."""
     comparisons: ComparisonTable | None = None
     """Errors against the oracle used for the verdict (with the divergences' options, if any); null if none."""
@@ -307,15 +307,15 @@ class Cell(_Model):
     """Errors against the canonical oracle, recorded when a divergence changed the oracle; else null. Its
     ``rows`` (when set) leave out the rows equal to ``comparisons``' (same layout): the divergence changes
     only some observables."""
-    trajectories: list[Trajectory | Literal["running_mean", "running_var"]] = []
+    trajectories: list[Trajectory | Literal["running_mean", "running_var"]] = Field(default_factory=list)
     """The adapter's running statistics per step (what the plots draw against ``CaseInfo.oracle``); an
     observable's name alone where they equal (same steps, channels, this precision) the oracle the cell
     was judged against: its ``oracle_trajectories`` entry for the observable if it has one, else the
     case's canonical :attr:`CaseInfo.oracle` (the plot draws the adapter's points there)."""
-    oracle_trajectories: list[Trajectory] = []
+    oracle_trajectories: list[Trajectory] = Field(default_factory=list)
     """The oracle with the cell's documented divergences, per observable where it differs from the
     canonical one (``CaseInfo.oracle``); empty otherwise (drawn dashed)."""
-    not_observed: list[int] = []
+    not_observed: list[int] = Field(default_factory=list)
     """Observables this adapter cannot read back (indices into ``ReportData.observables``)."""
     run: int
     """Index into ``ReportData.runs``: env, framework version, python, platform and device of the record."""
@@ -334,7 +334,7 @@ class Cell(_Model):
     composes it)."""
     mark: Literal["duplicate", "conflict"] | None = None
     """Set when other shards reported the cell too (see ``others``)."""
-    others: list[OtherRecord] = []
+    others: list[OtherRecord] = Field(default_factory=list)
     """The other shards' records of this cell (empty unless ``mark`` is set)."""
     baseline: BaselineCell | None = None
     """Set only when a baseline was given and the cell changed against it or is new there."""
@@ -394,7 +394,8 @@ class ReportData(_Model):
 
 def cell_defaults() -> dict[str, Any]:
     """``ReportData.cell_defaults``: field name -> default of every :class:`Cell` field that has one (JSON values)."""
-    return {name: f.default for name, f in Cell.model_fields.items() if not f.is_required()}
+    return {name: f.get_default(call_default_factory=True) for name, f in Cell.model_fields.items()
+            if not f.is_required()}
 
 
 def validate_data(data: dict[str, Any]) -> dict[str, Any]:
