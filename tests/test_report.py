@@ -442,3 +442,75 @@ def test_report_needs_no_matplotlib(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "[]" and (tmp_path / "p.html").stat().st_size > 50_000
+
+
+# ---------------------------------------------------------------- the Explored view (bnconform explore summaries)
+
+EXPLORE = DATA / "explore"
+
+
+def _section(html: str, view: str) -> str:
+    return re.search(rf'<section id="view-{view}".*?</section>', html, re.S).group(0)
+
+
+def test_explored_view_lists_each_adapter_and_its_minimal_cases(current):
+    explored = report.load_explored([EXPLORE])
+    assert explored.problems == [] and len(explored.runs) == 1
+    assert explored.per_adapter() == [
+        {"adapter": "fw_x.BatchNorm", "version": "1.0", "runs": 1, "examples": 60, "divergences": 2},
+        {"adapter": "fw_x.functional", "version": "1.0", "runs": 1, "examples": 60, "divergences": 0}]
+    section = _section(render(current, explored=explored, plots=False), "explored")
+    assert "No exploration run was merged" not in section
+    for text in ("explored-s0-fw_x-batchnorm-1", "explored-s0-fw_x-batchnorm-2", "fails", "error",
+                 "running_var: max abs err 0.5 &gt; tol 1.2e-07 (x4.17e+06)",
+                 "pytest &#39;reports/explore/cases/explored-20261130T120000Z-s0.yaml::explored-s0-fw_x-batchnorm-1"
+                 "[fw_x.BatchNorm]&#39; --framework fw_x",
+                 "bnconform explore --framework fw_x --seed 0", "2026-11-30T12:00:00Z, seed 0"):
+        assert text in section, text
+    # markup in a finding stays text (autoescaped)
+    assert "<img src=x" not in section and "&lt;img src=x onerror=window.__pwned=7&gt;" in section
+    rows = re.findall(r"<tr[^>]*><td>(fw_x\.\w+)</td><td>1\.0</td><td class=\"num\">(\d+)</td>"
+                      r"<td class=\"num\">(\d+)</td><td class=\"num\">(\d+)</td>", section)
+    assert rows == [("fw_x.BatchNorm", "1", "60", "2"), ("fw_x.functional", "1", "60", "0")]
+
+
+def test_explored_view_says_when_no_exploration_was_merged(current, tmp_path):
+    none = _section(render(current, plots=False), "explored")
+    assert "No exploration run was merged" in none and "no <code>--explored</code> directory was given" in none
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "explore-x.json").write_text('{"run": {}}')
+    explored = report.load_explored([tmp_path / "missing", tmp_path / "empty", tmp_path / "bad"])
+    assert explored.runs == [] and len(explored.problems) == 3
+    section = _section(render(current, explored=explored, plots=False), "explored")
+    assert "No exploration run was merged" in section
+    assert "missing: no such file or directory" in section and "empty: no explore-*.json in it" in section
+    assert "explore-x.json: not a readable exploration summary" in section
+
+
+def test_explored_view_reads_what_bnconform_explore_writes(current, tmp_path):
+    """The reader and the writer (bnconform.explore.summary) agree on the format."""
+    from bnconform import explore
+    from bnconform.catalogue import Case
+
+    fixture = json.loads((EXPLORE / "explore-20261130T120000Z-s0.json").read_text())
+    found = fixture["adapters"][0]["findings"][0]
+    case = Case.model_validate({**found["case"], "file": "x.yaml", "theme": "explored"})
+    record = rec(case=case.id, adapter="fw_x.BatchNorm", verdict="fails", reason="running_var off")
+    e = explore.Exploration("fw_x.BatchNorm", "fw_x", "1.0", "pkg:Cls", None, examples=7,
+                            findings=[explore.Finding("fails:running_var", case, record, 3, 4)])
+    path = tmp_path / "cases" / "explored.yaml"
+    (tmp_path / "explore-1.json").write_text(json.dumps(explore.summary([e], fixture["run"], path), default=str))
+    (run,) = report.load_explored([tmp_path]).runs
+    (a,) = run[1].adapters
+    assert (a.adapter, a.examples, [f.case_id for f in a.findings]) == ("fw_x.BatchNorm", 7, [case.id])
+    assert a.findings[0].verdict == "fails" and a.findings[0].reproduce.startswith("pytest ")
+
+
+def test_cli_report_merges_explore_summaries(tmp_path, capsys):
+    out = tmp_path / "parity.html"
+    assert main(["report", str(CURRENT), "--out", str(out), "--no-plots", "--explored", str(EXPLORE),
+                 "--explored", str(tmp_path / "none")]) == 0
+    assert "explored: " in capsys.readouterr().err
+    section = _section(out.read_text(), "explored")
+    assert "explored-s0-fw_x-batchnorm-2" in section and "none: no such file or directory" in section

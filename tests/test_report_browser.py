@@ -1,6 +1,6 @@
 """End to end: the generated report in headless Chromium (selenium + chromedriver).
 
-Builds the report from tests/data/report (with a baseline and plots), checks the matrix, a filter,
+Builds the report from tests/data/report (with a baseline, plots and an explore summary), checks the matrix, a filter,
 the search box, a drill-down and its plots (uPlot canvases drawn from the embedded numbers), tooltips,
 that markup in results stays text (no script runs), and saves reports/screenshot.png. Skips with the reason when Chromium, chromedriver or selenium is absent;
 CI installs them (Debian: ``apt-get install -y chromium chromium-driver``; ``pip install selenium``).
@@ -47,7 +47,7 @@ def page(tmp_path_factory):
     from selenium.webdriver.chrome.service import Service
 
     out = tmp_path_factory.mktemp("report") / "parity.html"
-    write_report([DATA / "current"], out, baseline=[DATA / "baseline"])
+    write_report([DATA / "current"], out, baseline=[DATA / "baseline"], explored=[DATA / "explore"])
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for flag in FLAGS:
@@ -194,6 +194,11 @@ def test_report_in_chromium(page):
     d.find_element(By.CSS_SELECTOR, '#m-theme tr.case[data-case="nhwc-train"] td.c.conflict').click()
     assert "Conflict: this cell was also reported by another shard" in drill.text
     assert "conflict: conforms (env fw_x, 1.0, darwin-arm64)" in drill.text
+    # an unsupported cell: its reason (an entry of its adapter's reason table), the time (seconds after its
+    # run's t0) and the rerun command with the node id the page composes
+    assert "Why unsupported\nfw_x.BatchNorm has no channels-last layout" in drill.text
+    assert "run at\n2026-01-02T03:04:05+00:00" in drill.text
+    assert 'tox -e fw_x -- "cases/layouts.yaml::nhwc-train[fw_x.BatchNorm]"' in drill.text
     functional = d.find_element(By.CSS_SELECTOR, '#m-theme tr.case[data-case="eval-uses-running"] td.c[data-i="%d"]'
                                 % _cell_index(d, "eval-uses-running", "fw_x.functional"))
     functional.click()
@@ -207,6 +212,13 @@ def test_report_in_chromium(page):
     assert "Forum: BN running variance differs between frameworks [000_seed.txt]" in q
     d.find_element(By.CSS_SELECTOR, '#tabs button[data-view="diff"]').click()
     assert "Changed cells (3)" in d.find_element(By.ID, "view-diff").text
+    # the Explored view: per adapter, generated cases run and undocumented divergences, the minimal cases
+    d.find_element(By.CSS_SELECTOR, '#tabs button[data-view="explored"]').click()
+    explored = d.find_element(By.ID, "view-explored")
+    assert explored.is_displayed() and not d.find_element(By.ID, "toolbar").is_displayed()
+    assert "fw_x.BatchNorm 1.0 1 60 2" in d.find_element(By.ID, "explored-adapters").text
+    assert "explored-s0-fw_x-batchnorm-1 fw_x.BatchNorm fails" in explored.text
+    assert "<img src=x onerror=window.__pwned=7>" in explored.text and d.execute_script("return window.__pwned === undefined")
     d.find_element(By.CSS_SELECTOR, '#tabs button[data-view="theme"]').click()
 
     # screenshot for humans: the matrix with the quirk cell's drill-down open

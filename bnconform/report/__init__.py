@@ -30,10 +30,11 @@ from ..results import FAILING
 from ..resultset import (  # noqa: F401  (re-exported for callers of the old location)
     CellChange, Diff, Merged, diff, divergence_ids, load_and_merge, merge, version_label)
 from .data import GLYPHS, rerun_command  # noqa: F401
+from .explored import Explored, load_explored
 from .render import render
 from .view import SEVERITY, build_context, run_notices, source_groups, worst  # noqa: F401
 
-__all__ = ["write_report", "render", "summary", "build_context",
+__all__ = ["write_report", "render", "summary", "build_context", "Explored", "load_explored",
            "rerun_command", "run_notices", "source_groups", "worst", "GLYPHS", "SEVERITY",
            # the results layer's, re-exported for callers of the old one-module report
            "CellChange", "Diff", "Merged", "diff", "divergence_ids", "load_and_merge", "merge", "version_label"]
@@ -73,20 +74,25 @@ def _no_gc_pauses():
 
 
 def write_report(paths: list[str | Path], out: str | Path, summary_path: str | Path | None = None,
-                 baseline: list[str | Path] | None = None, plots: bool = True) -> tuple[Merged, Diff | None]:
+                 baseline: list[str | Path] | None = None, plots: bool = True,
+                 explored: list[str | Path] | Explored | None = None) -> tuple[Merged, Diff | None]:
     """Read, merge, (diff), render; write the HTML (and the summary JSON if asked).
 
     ``paths``/``baseline``: result files or directories of ``*.jsonl``
     (``FileNotFoundError`` if one does not exist). ``plots``: embed the running
     statistics and the plotting library so that the page draws each case's plots
-    (False: a smaller page without plots). Returns the merged results and the
-    diff against the baseline (None without one).
+    (False: a smaller page without plots). ``explored``: directories of
+    ``bnconform explore`` summaries (``explore-*.json``) or such files, for the
+    page's "Explored" view (a path without any is said so there, not an
+    error), or what :func:`load_explored` read from them. Returns the merged results and the diff against the baseline (None
+    without one).
     """
     with _no_gc_pauses():
         merged = load_and_merge(paths)
         base_diff = diff(load_and_merge(baseline), merged) if baseline else None
         label = ", ".join(map(str, baseline)) if baseline else None
-        page = render(merged, baseline_diff=base_diff, baseline_label=label, plots=plots)
+        page = render(merged, baseline_diff=base_diff, baseline_label=label, plots=plots,
+                      explored=load_explored(explored) if isinstance(explored, list) else explored)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")

@@ -22,6 +22,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
 from ..resultset import Diff, Merged
+from .explored import Explored
 from .view import build_context
 
 #: The vendored uPlot release (``bnconform/templates/vendor/README.md``).
@@ -59,15 +60,17 @@ def vendored(name: str, in_comment: bool = False) -> Markup:
 
 
 def render(merged: Merged, title: str = "bnconform parity report", baseline_diff: Diff | None = None,
-           baseline_label: str | None = None, plots: bool = True) -> str:
+           baseline_label: str | None = None, plots: bool = True, explored: Explored | None = None) -> str:
     """Render the report HTML (Jinja2, autoescaped: no text from results can inject markup).
 
     ``plots``: embed the running statistics and inline uPlot, so that a drill-down
     draws the case's plots; False leaves both out (smaller page) and the
-    drill-down says the plots were switched off.
+    drill-down says the plots were switched off. ``explored``: the exploration summaries merged into the
+    "Explored" view (None: none was given; the view says so).
     """
     ctx = build_context(merged, title, baseline_diff=baseline_diff, baseline_label=baseline_label,
-                        plots_note=None if plots else "plots were switched off (--no-plots)")
+                        plots_note=None if plots else "plots were switched off (--no-plots)",
+                        explored=explored)
     if plots:
         ctx["vendor"] = {"uplot_js": vendored("uPlot.iife.min.js"), "uplot_css": vendored("uPlot.min.css"),
                          "uplot_license": vendored("uPlot.LICENSE", in_comment=True)}

@@ -20,6 +20,8 @@ The matrices are rendered server-side:
     the results layer's objects (:mod:`bnconform.resultset`), rendered as they are.
 ``run_notices``
     one line per shard that is not a complete run (:func:`run_notices`).
+``explored``
+    the exploration summaries merged (:class:`~.explored.Explored`; no runs when none was given).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from pathlib import Path
 from ..results import VERDICTS, ResultRecord
 from ..resultset import Diff, Merged, divergence_ids
 from .data import GLYPHS, Layout, build_data, safe_url
+from .explored import Explored
 
 #: Worst first: the colour a group of cells takes in the summary views.
 SEVERITY = ("error", "fails", "known_bug", "quirk", "conforms", "unsupported")
@@ -148,7 +151,8 @@ def _questions(merged: Merged, layout: Layout, by_source: list[dict]) -> list[di
 
 
 def build_context(merged: Merged, title: str = "bnconform parity report", baseline_diff: Diff | None = None,
-                  baseline_label: str | None = None, plots_note: str | None = None) -> dict:
+                  baseline_label: str | None = None, plots_note: str | None = None,
+                  explored: Explored | None = None) -> dict:
     """The template's variables: header facts, matrices, summary views, embedded data (module docstring).
 
     ``plots_note``: why the page has no plots (None: it draws them from the embedded numbers).
@@ -220,4 +224,5 @@ def build_context(merged: Merged, title: str = "bnconform parity report", baseli
         "run_notices": run_notices(merged),
         "diff": baseline_diff,
         "baseline_label": baseline_label,
+        "explored": explored or Explored(),
     }
