@@ -206,10 +206,25 @@ def test_report_in_chromium(page):
     assert "New cell: not in the baseline." in drill.text and "fw_x.functional" in drill.text
     assert _severe_console_errors(d) == []
 
-    # the other views render
+    # the other views render; the by-source matrix's rows are copies of the theme matrix's
+    d.find_element(By.CSS_SELECTOR, '#tabs button[data-view="source"]').click()
+    cells_of = ("return Array.from(document.querySelectorAll(arguments[0] + ' tr.case')).map(function (tr) {"
+                " return tr.dataset.case + ':' + Array.from(tr.querySelectorAll('td')).map(function (td) {"
+                " return (td.dataset.i || '-') + td.className.replace(/ (sel|dim)/g, '') + td.textContent; }).join(); });")
+    theme_rows = dict(r.split(":", 1) for r in d.execute_script(cells_of, "#m-theme"))
+    source_rows = d.execute_script(cells_of, "#m-source")
+    assert len(source_rows) >= 5 and all(theme_rows[r.split(":", 1)[0]] == r.split(":", 1)[1] for r in source_rows)
+    assert len(d.find_elements(By.CSS_SELECTOR, "#m-source td.c[data-i]")) >= 12
+    d.find_element(By.CSS_SELECTOR, '#m-source tr.case[data-case="ema-3steps"] td.c[data-v="quirk"]').click()
+    assert "quirk biased-running-var" in drill.text
     d.find_element(By.CSS_SELECTOR, '#tabs button[data-view="question"]').click()
     q = d.find_element(By.ID, "q-table").text
     assert "Forum: BN running variance differs between frameworks [000_seed.txt]" in q
+    # a question cell's tooltip (each case's verdict on that adapter) comes from the data
+    seed_q = d.find_element(By.CSS_SELECTOR, '#q-table tbody tr td.q.v-quirk')
+    ActionChains(d).move_to_element(seed_q).perform()
+    assert seed_q.get_attribute("title") == "ema-3steps: quirk"
+    assert seed_q.get_attribute("data-fw") == "fw_y"
     d.find_element(By.CSS_SELECTOR, '#tabs button[data-view="diff"]').click()
     assert "Changed cells (3)" in d.find_element(By.ID, "view-diff").text
     # the Explored view: per adapter, generated cases run and undocumented divergences, the minimal cases

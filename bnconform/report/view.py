@@ -13,7 +13,9 @@ The matrices are rendered server-side:
     script gives a cell its tooltip from the data when the pointer or focus reaches it).
 ``questions``
     per source group and adapter, the count of each verdict (worst first), the
-    worst one (the cell's colour) and the divergence ids shown.
+    worst one (the cell's colour) and the divergence ids shown (the page script
+    gives a cell its tooltip, each case's verdict, from the data and the group's
+    rows in the by-source matrix).
 ``columns``, ``framework_spans``
     adapters ``{name, framework, new}`` and ``[framework, number of its columns]``.
 ``diff``, ``conflicts``, ``duplicates``, ``bad_lines``
@@ -143,8 +145,7 @@ def _questions(merged: Merged, layout: Layout, by_source: list[dict]) -> list[di
             cnt = Counter(r.verdict for r in recs)
             dids = sorted({i for r in recs for i in divergence_ids(r)})
             qcells.append({"worst": worst(cnt), "counts": [(v, GLYPHS[v], cnt[v]) for v in SEVERITY if cnt[v]],
-                           "divergences": dids,
-                           "tip": "; ".join(f"{r.case_id}: {r.verdict}" for r in recs)} if recs else None)
+                           "divergences": dids} if recs else None)
         questions.append({"label": g["label"], "kind": g["kind"], "url": g["url"], "titles": g["titles"],
                           "anchor": g["anchor"], "n": len(g["cases"]), "cells": qcells})
     return questions
