@@ -249,7 +249,8 @@ def test_embedded_data_validates_against_the_contract(html):
     assert len({(tuple(l.step), tuple(l.observable)) for l in data.layouts}) == len(data.layouts)
     ema = data.cases[quirk.case]
     assert ema.steps == ["forward(train)"] * 3  # each step's operation once per case, not per row
-    assert data.runs[quirk.run].model_dump(exclude={"t0"}) == dict(
+    assert quirk.run is None  # its adapter's run
+    assert data.runs[data.adapters[quirk.adapter].run].model_dump(exclude={"t0"}) == dict(
         env="fw_y", framework_version="2.3", python="3.11.7", platform="linux-x86_64", device="cpu")
     assert quirk.baseline == BaselineCell(verdict="conforms", divergences=[], framework_version="2.2")
     assert by_cell[("eval-uses-running", "fw_x.functional")].baseline.verdict is None  # new cell
@@ -303,6 +304,13 @@ def test_what_the_page_can_compose_is_not_sent():
     for update in ({"env": "local"}, {"plugin_adapter": "pkg.mod:Cls"}, {"nodeid": 'cases/x.yaml::c["$HOME"]'}):
         other = r.model_copy(update=update)
         assert _rerun(other) == report.rerun_command(other) is not None
+    # node ids: CASE_FILE::CASE[ADAPTER] is composed by the page, also for version columns (adapter @ version)
+    both = [rec(adapter="bn", framework_version=v, env=f"e{v}", nodeid="cases/x.yaml::c[bn]") for v in ("1", "2")]
+    odd = rec(case="d", adapter="bn", framework_version="2", env="e2", nodeid="elsewhere.yaml::d[bn]")
+    raw = _embedded(render(merge([*both, odd]), plots=False), "bn-data")
+    assert [a["name"] for a in raw["adapters"]] == ["bn @ 1", "bn @ 2"]
+    assert [a["record_name"] for a in raw["adapters"]] == ["bn", "bn"]
+    assert [c.get("nodeid", "") for c in raw["cells"]] == ["", "", "elsewhere.yaml::d[bn]"]
 
 
 def test_contract_rejects_unknown_fields_and_ragged_comparison_tables():

@@ -140,6 +140,12 @@ class AdapterInfo(_Model):
     reasons: list[str] = []
     """The distinct reasons of this adapter's cells (error messages, unsupported reasons, why a cell fails),
     each once: :attr:`Cell.reason` is an index into this list."""
+    run: int
+    """Index into ``ReportData.runs``: the run most of this adapter's cells come from (the run of a cell
+    that leaves its ``run`` out)."""
+    record_name: str | None = None
+    """The adapter's name in its records and pytest node ids when ``name`` is a version column's label
+    (``adapter @ version``), else null."""
 
 
 class DivergenceInfo(_Model):
@@ -317,8 +323,9 @@ class Cell(_Model):
     canonical one (``CaseInfo.oracle``); empty otherwise (drawn dashed)."""
     not_observed: list[int] = Field(default_factory=list)
     """Observables this adapter cannot read back (indices into ``ReportData.observables``)."""
-    run: int
-    """Index into ``ReportData.runs``: env, framework version, python, platform and device of the record."""
+    run: int | None = None
+    """Index into ``ReportData.runs``: env, framework version, python, platform and device of the record;
+    null (left out): its adapter's :attr:`AdapterInfo.run`."""
     timestamp: str | int
     """Time the record was written: seconds after its run's :attr:`RunInfo.t0` (the page shows
     ``YYYY-MM-DDTHH:MM:SS+00:00``), or the ISO 8601 text as recorded when it has another form."""
@@ -326,8 +333,8 @@ class Cell(_Model):
     """Seconds the cell took (3 significant digits)."""
     nodeid: str | None = ""
     """pytest node id of the cell; ``""`` (the default, left out of the JSON): the standard
-    ``CASE_FILE::CASE_ID[ADAPTER]`` of the cell's case file, case id and adapter name (the page composes
-    it); null: none recorded."""
+    ``CASE_FILE::CASE_ID[ADAPTER]`` of the cell's case file, case id and adapter name (its
+    :attr:`AdapterInfo.record_name` if it has one; the page composes it); null: none recorded."""
     rerun: str | None = None
     """Shell command that reruns the cell (:func:`bnconform.report.data.rerun_command`); null when there is
     no ``nodeid`` or when the command is ``tox -e ENV -- "NODEID"`` with the cell's env and node id (the page
@@ -374,7 +381,10 @@ class ReportData(_Model):
             reasons = self.adapters[cell.adapter].reasons if cell.adapter < len(self.adapters) else []
             if cell.reason is not None and not 0 <= cell.reason < len(reasons):
                 raise ValueError(f"cell {n}: reason {cell.reason} is not an entry of its adapter's reasons")
-            if isinstance(cell.timestamp, int) and self.runs[cell.run].t0 is None:
+            run = self.adapters[cell.adapter].run if cell.run is None else cell.run
+            if not 0 <= run < len(self.runs):
+                raise ValueError(f"cell {n}: run {run} does not exist")
+            if isinstance(cell.timestamp, int) and self.runs[run].t0 is None:
                 raise ValueError(f"cell {n}: a timestamp in seconds but its run has no t0")
             for table in (cell.comparisons, cell.canonical_comparisons):
                 if table is None:

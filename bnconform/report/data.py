@@ -19,12 +19,12 @@ import json
 import math
 import re
 import shlex
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from ..results import ResultRecord
-from ..resultset import Diff, Merged, divergence_ids
+from ..resultset import Diff, Merged, divergence_ids, version_label
 from .contract import CONTRACT_VERSION, PLOT_CHANNELS, PLOT_DIGITS, OtherRecord, cell_defaults, validate_data
 
 #: One glyph per verdict so the matrix reads without colour too.
@@ -281,6 +281,8 @@ def build_data(merged: Merged, layout: Layout, baseline_diff: Diff | None = None
     divs, runs, layouts = _Index(), _Index(), _Index()
     reasons = [_Index() for _ in layout.columns]
     run_t0: dict[int, int] = {}
+    adapter_runs: list[Counter] = [Counter() for _ in layout.columns]
+    record_names: list[str | None] = [None] * len(layout.columns)
     case_steps: dict[str, dict[int, str]] = defaultdict(dict)
     case_oracle: dict[str, dict[str, dict[int, list]]] = defaultdict(dict)
     plots = plots_note is None
@@ -294,10 +296,12 @@ def build_data(merged: Merged, layout: Layout, baseline_diff: Diff | None = None
                 for step, v in steps.items():
                     case_oracle[r.case_id].setdefault(obs, {}).setdefault(step, v)
         run = runs.of((r.env, r.framework_version, r.python, r.platform, r.device))
+        adapter_runs[col_index[r.adapter]][run] += 1
         t = _seconds(r.timestamp)
         if t is not None and (run not in run_t0 or t < run_t0[run]):
             run_t0[run] = t
     oracle_plots = {c: _trajectory_models(o) for c, o in case_oracle.items()}
+    adapter_run = [n.most_common(1)[0][0] for n in adapter_runs]
     cells: list[dict] = []
     for key in layout.cells:
         r = merged.cells[key]
@@ -330,13 +334,21 @@ def build_data(merged: Merged, layout: Layout, baseline_diff: Diff | None = None
                 cell["oracle_trajectories"] = alt
         if r.not_observed:
             cell["not_observed"] = [obs_index[o] for o in r.not_observed]
-        cell["run"] = run = runs[(r.env, r.framework_version, r.python, r.platform, r.device)]
+        run = runs[(r.env, r.framework_version, r.python, r.platform, r.device)]
+        if run != adapter_run[col]:
+            cell["run"] = run
         t = _seconds(r.timestamp)
         cell["timestamp"] = r.timestamp if t is None else t - run_t0[run]
         if r.duration_s is not None:
             cell["duration_s"] = _num(r.duration_s, 3)
         if r.nodeid != f"{r.case_file}::{r.case_id}[{r.adapter}]":
-            cell["nodeid"] = r.nodeid
+            # a version column (``adapter @ version``): its records' node ids name the adapter
+            base = r.adapter.removesuffix(f" @ {r.framework_version}")
+            if (record_names[col] in (None, base) and version_label(base, r.framework_version) == r.adapter
+                    and r.nodeid == f"{r.case_file}::{r.case_id}[{base}]"):
+                record_names[col] = base
+            else:
+                cell["nodeid"] = r.nodeid
         rerun = _rerun(r)
         if rerun is not None:
             cell["rerun"] = rerun
@@ -366,8 +378,8 @@ def build_data(merged: Merged, layout: Layout, baseline_diff: Diff | None = None
                                 "file": _text(s.get("file"))} for s in r.sources],
                    "steps": steps(c), "oracle": oracle_plots.get(c, [])}
                   for c, r in layout.cases.items()],
-        "adapters": [{"name": a, "framework": layout.framework_of[a], "reasons": reasons[n].items}
-                     for n, a in enumerate(layout.columns)],
+        "adapters": [{"name": a, "framework": layout.framework_of[a], "reasons": reasons[n].items,
+                      "run": adapter_run[n], "record_name": record_names[n]} for n, a in enumerate(layout.columns)],
         "divergences": divs.items,
         "runs": [{"env": e, "framework_version": v, "python": py, "platform": pl, "device": dev,
                   "t0": iso(run_t0[n]) if n in run_t0 else None}
