@@ -61,8 +61,16 @@ def page_json(data) -> Markup:
     """``data`` as the JSON of a ``<script type="application/json">`` element: compact, every number in its
     shortest spelling (:func:`_shortest_number`: the same values, a quarter fewer bytes for the page's
     errors and tolerances), ``<``, ``>``, ``&`` and ``'`` escaped as Jinja2's ``tojson`` does."""
-    return htmlsafe_json_dumps(data, dumps=lambda obj: _JSON_TOKEN.sub(
-        _shortest_number, json.dumps(obj, separators=(",", ":"))))
+    seen: dict[str, str] = {}  # tokens repeat (keys, common numbers): each is spelled once
+
+    def spell(m: re.Match) -> str:
+        token = m.group(0)
+        out = seen.get(token)
+        if out is None:
+            out = seen[token] = _shortest_number(m)
+        return out
+
+    return htmlsafe_json_dumps(data, dumps=lambda obj: _JSON_TOKEN.sub(spell, json.dumps(obj, separators=(",", ":"))))
 
 
 @functools.lru_cache(maxsize=1)
