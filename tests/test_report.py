@@ -18,13 +18,15 @@ from pydantic import ValidationError
 from bnconform import report
 from bnconform.cli import main
 from bnconform.report import diff, load_and_merge, merge, render, source_groups, summary
-from bnconform.report.contract import (AdapterInfo, BaselineCell, CaseInfo, Cell, ComparisonTable, DivergenceInfo,
-                                       OtherRecord, ReportData, RowLayout, RunInfo, Source, Trajectory)
+from bnconform.report.contract import (WIRE_KEYS, AdapterInfo, BaselineCell, CaseInfo, Cell, ComparisonTable,
+                                       DivergenceInfo, OtherRecord, ReportData, RowLayout, RunInfo, Source,
+                                       Trajectory)
 from bnconform.results import ResultRecord
 
 DATA = Path(__file__).parent / "data" / "report"
 CURRENT, BASELINE = DATA / "current", DATA / "baseline"
 XSS_CASE = "<script>window.__pwned=1</script>"
+WIRE_NAMES = {key: name for name, key in WIRE_KEYS.items()}
 
 
 def rec(case="c", adapter="a", verdict="conforms", **kw) -> ResultRecord:
@@ -259,9 +261,14 @@ def test_embedded_data_validates_against_the_contract(html):
     assert by_cell[("eval-uses-running", "fw_y.BN")].comparisons is None
 
 
+def _named(raw: dict) -> dict:
+    """An embedded cell (or table, trajectory) keyed by field names, as the page script renames it."""
+    return {WIRE_NAMES[k]: v for k, v in raw.items()}
+
+
 def test_cells_leave_out_fields_equal_to_their_defaults(html):
     raw = _embedded(html, "bn-data")
-    unsupported = next(c for c in raw["cells"] if c["verdict"] == "unsupported")
+    unsupported = next(_named(c) for c in raw["cells"] if _named(c)["verdict"] == "unsupported")
     assert "baseline" not in unsupported and "comparisons" not in unsupported and "reason" in unsupported
     assert "nodeid" not in unsupported  # the standard CASE_FILE::CASE[ADAPTER]: the page composes it
     assert raw["cell_defaults"]["divergences"] == [] and raw["cell_defaults"]["comparisons"] is None
@@ -310,7 +317,7 @@ def test_what_the_page_can_compose_is_not_sent():
     raw = _embedded(render(merge([*both, odd]), plots=False), "bn-data")
     assert [a["name"] for a in raw["adapters"]] == ["bn @ 1", "bn @ 2"]
     assert [a["record_name"] for a in raw["adapters"]] == ["bn", "bn"]
-    assert [c.get("nodeid", "") for c in raw["cells"]] == ["", "", "elsewhere.yaml::d[bn]"]
+    assert [_named(c).get("nodeid", "") for c in raw["cells"]] == ["", "", "elsewhere.yaml::d[bn]"]
 
 
 def test_contract_rejects_unknown_fields_and_ragged_comparison_tables():
@@ -331,7 +338,21 @@ def test_every_contract_field_is_documented():
     for model in {*JS_NAMES.values(), OtherRecord, RowLayout}:
         assert model.__doc__
         assert [n for n, f in model.model_fields.items() if not f.description] == [], model.__name__
-    assert "description" in ReportData.model_json_schema()["$defs"]["ComparisonTable"]["properties"]["ratio"]
+    schema = ReportData.model_json_schema(by_alias=False)
+    assert "description" in schema["$defs"]["ComparisonTable"]["properties"]["ratio"]
+
+
+def test_cells_tables_and_trajectories_have_short_keys(html):
+    """The field names were a third of the page data: cells, comparison tables and trajectories (thousands
+    of each) are keyed by WIRE_KEYS, one key per name, and the data says how to read them back."""
+    assert len(set(WIRE_KEYS.values())) == len(WIRE_KEYS)
+    raw = _embedded(html, "bn-data")
+    assert raw["field_names"] == WIRE_NAMES
+    for model in (Cell, ComparisonTable, Trajectory):
+        assert set(model.model_fields) <= set(WIRE_KEYS), model.__name__
+    quirk = next(c for c in raw["cells"] if c["v"] == "quirk")
+    assert {"c", "a", "v", "k", "kc"} <= set(quirk) and {"l", "ae", "re", "tw", "q"} <= set(quirk["k"])
+    assert not {"case", "verdict", "comparisons", "ratio"} & (set(quirk) | set(quirk["k"]))
 
 
 def test_page_script_reads_only_fields_of_the_contract():

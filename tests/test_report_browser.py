@@ -83,9 +83,10 @@ _INKED = ("var c = arguments[0], px = c.getContext('2d').getImageData(0, 0, c.wi
 
 def _cell_index(driver, case_id, adapter):
     return driver.execute_script(
-        "var D = JSON.parse(document.getElementById('bn-data').textContent);"
+        "var D = JSON.parse(document.getElementById('bn-data').textContent), key = {};"
+        "for (var k in D.field_names) key[D.field_names[k]] = k;"  # the JSON's short keys of cell fields
         "for (var i = 0; i < D.cells.length; i++) { var c = D.cells[i];"
-        " if (D.cases[c.case].id === arguments[0] && D.adapters[c.adapter].name === arguments[1]) return i; }",
+        " if (D.cases[c[key.case]].id === arguments[0] && D.adapters[c[key.adapter]].name === arguments[1]) return i; }",
         case_id, adapter)
 
 

@@ -25,6 +25,8 @@ every field ``app.js.j2`` reads is declared (to add one: declare it here with
 its docstring, fill it in :mod:`.data`, read it in the script). Strings from
 results reach the page only as text (``textContent``); URLs only when they are
 http(s) (``*_url`` fields are null otherwise). A non-finite number is null.
+Cells, comparison tables and trajectories are keyed by short names in the JSON
+(:data:`WIRE_KEYS`; the page renames them to the field names when it loads).
 Numbers are rounded to what the page shows: errors, tolerances and ratios to
 3 significant digits (the tables print 3), plotted values to
 :data:`PLOT_DIGITS`.
@@ -66,8 +68,33 @@ PLOT_DIGITS = 4
 PLOT_CHANNELS = 4
 
 
+#: The JSON keys of the fields of the objects the page data holds thousands of (cells, their comparison
+#: tables, trajectories): short, because the field names were a third of the data. Only the embedded JSON
+#: uses them (``ReportData.field_names`` maps them back; the page script renames every such object's keys
+#: when it loads); Python code, this contract and the page script use the field names. One key per name.
+WIRE_KEYS = {
+    # Cell
+    "case": "c", "adapter": "a", "verdict": "v", "reason": "r", "reason_cites_divergences": "rc",
+    "divergences": "d", "comparisons": "k", "canonical_comparisons": "kc", "trajectories": "t",
+    "oracle_trajectories": "ot", "not_observed": "no", "run": "u", "timestamp": "ts", "duration_s": "s",
+    "nodeid": "id", "rerun": "rr", "mark": "m", "others": "x", "baseline": "b",
+    # ComparisonTable
+    "layout": "l", "rows": "w", "passed": "p", "max_abs_err": "ae", "max_rel_err": "re", "tol_at_worst": "tw",
+    "ratio": "q", "message": "g",
+    # Trajectory
+    "observable": "o", "channels": "ch", "step": "st", "value": "y",
+}
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class _Wire(_Model):
+    """A model whose JSON keys are :data:`WIRE_KEYS` (the field names are accepted too)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, populate_by_name=True,
+                              alias_generator=WIRE_KEYS.__getitem__)
 
 
 class Source(_Model):
@@ -81,7 +108,7 @@ class Source(_Model):
     """Seed thread file name (``/work/shared/seeds/*.txt``), if the source is one."""
 
 
-class Trajectory(_Model):
+class Trajectory(_Wire):
     """Values of one per-channel observable after each step (a plotted trajectory).
 
     ``value[k]`` is the observable after step ``step[k]``: its first
@@ -217,7 +244,7 @@ class RowLayout(_Model):
         return self
 
 
-class ComparisonTable(_Model):
+class ComparisonTable(_Wire):
     """Comparisons of one cell, one column per field, in the order the engine compared them.
 
     Row ``k`` (every list's ``k``-th entry) is one comparison: at step ``layout.step[k]`` (after the
@@ -283,7 +310,7 @@ class BaselineCell(_Model):
     """Framework version in the baseline."""
 
 
-class Cell(_Model):
+class Cell(_Wire):
     """One (case, adapter) cell: what its drill-down shows.
 
     A field equal to its default (null, ``[]``, ...) is left out of the embedded JSON
@@ -369,7 +396,11 @@ class ReportData(_Model):
     glyphs: dict[Verdict, str]
     """One glyph per verdict (the matrix reads without colour too)."""
     cell_defaults: dict[str, Any]
-    """The default of every :class:`Cell` field that has one: what a field left out of a cell means."""
+    """The default of every :class:`Cell` field that has one (by field name): what a field left out of a
+    cell means."""
+    field_names: dict[str, str]
+    """JSON key -> field name of :class:`Cell`, :class:`ComparisonTable` and :class:`Trajectory` objects
+    (:data:`WIRE_KEYS` reversed): the page renames their keys to the field names when it loads."""
     plots_note: str | None
     """Why there are no plots (switched off with ``--no-plots``: no trajectories embedded, no plotting
     library inlined); null when the page draws them."""
@@ -400,6 +431,26 @@ class ReportData(_Model):
                         or table.rows != sorted(set(table.rows)) or not all(0 <= k < size for k in table.rows)):
                     raise ValueError(f"cell {n}: canonical rows {table.rows} do not fit its comparisons")
         return self
+
+
+def field_names() -> dict[str, str]:
+    """``ReportData.field_names``: :data:`WIRE_KEYS` reversed."""
+    return {key: name for name, key in WIRE_KEYS.items()}
+
+
+def to_wire(obj: dict, model: type[_Model]) -> dict:
+    """A :class:`Cell`, :class:`ComparisonTable` or :class:`Trajectory` as JSON values keyed by field name
+    -> keyed by :data:`WIRE_KEYS` (its nested tables and trajectories too); other models as they are."""
+    if not issubclass(model, _Wire):
+        return obj
+    out = {}
+    for name, value in obj.items():
+        if model is Cell and name in ("comparisons", "canonical_comparisons") and value is not None:
+            value = to_wire(value, ComparisonTable)
+        elif model is Cell and name in ("trajectories", "oracle_trajectories"):
+            value = [to_wire(t, Trajectory) if isinstance(t, dict) else t for t in value]
+        out[WIRE_KEYS[name]] = value
+    return out
 
 
 def cell_defaults() -> dict[str, Any]:

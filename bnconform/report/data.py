@@ -25,7 +25,8 @@ from datetime import datetime, timezone
 
 from ..results import ResultRecord
 from ..resultset import Diff, Merged, divergence_ids, version_label
-from .contract import CONTRACT_VERSION, PLOT_CHANNELS, PLOT_DIGITS, OtherRecord, cell_defaults, validate_data
+from .contract import (CONTRACT_VERSION, PLOT_CHANNELS, PLOT_DIGITS, Cell, OtherRecord, Trajectory, cell_defaults,
+                       field_names, to_wire, validate_data)
 
 #: One glyph per verdict so the matrix reads without colour too.
 GLYPHS = {"conforms": "\u2713", "quirk": "Q", "known_bug": "B", "fails": "\u2717",
@@ -361,7 +362,7 @@ def build_data(merged: Merged, layout: Layout, baseline_diff: Diff | None = None
                                 "framework_version": ch.old_version}
         elif key in added:
             cell["baseline"] = {"verdict": None, "divergences": [], "framework_version": None}
-        cells.append(cell)
+        cells.append(to_wire(cell, Cell))
 
     def steps(case_id: str) -> list[str]:
         ops = case_steps.get(case_id, {})
@@ -376,7 +377,7 @@ def build_data(merged: Merged, layout: Layout, baseline_diff: Diff | None = None
                    "file": r.case_file,
                    "sources": [{"title": _text(s.get("title")), "url": safe_url(s.get("url")),
                                 "file": _text(s.get("file"))} for s in r.sources],
-                   "steps": steps(c), "oracle": oracle_plots.get(c, [])}
+                   "steps": steps(c), "oracle": [to_wire(t, Trajectory) for t in oracle_plots.get(c, [])]}
                   for c, r in layout.cases.items()],
         "adapters": [{"name": a, "framework": layout.framework_of[a], "reasons": reasons[n].items,
                       "run": adapter_run[n], "record_name": record_names[n]} for n, a in enumerate(layout.columns)],
@@ -385,4 +386,4 @@ def build_data(merged: Merged, layout: Layout, baseline_diff: Diff | None = None
                   "t0": iso(run_t0[n]) if n in run_t0 else None}
                  for n, (e, v, py, pl, dev) in enumerate(runs.items)],
         "observables": observables, "layouts": layouts.items, "cells": cells, "glyphs": GLYPHS,
-        "cell_defaults": cell_defaults(), "plots_note": plots_note})
+        "cell_defaults": cell_defaults(), "field_names": field_names(), "plots_note": plots_note})

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from ..results import VERDICTS, ResultRecord
 from ..resultset import Diff, Merged, divergence_ids
+from .contract import WIRE_KEYS
 from .data import GLYPHS, Layout, build_data, safe_url
 from .explored import Explored
 
@@ -173,7 +174,7 @@ def build_context(merged: Merged, title: str = "bnconform parity report", baseli
         if r is None:
             return None
         changed = key in changes or key in added or case_id in new_cases or adapter in new_adapters
-        return {"v": r.verdict, "g": GLYPHS[r.verdict], "i": cell_index[key], "mark": data["cells"][cell_index[key]].get("mark"),
+        return {"v": r.verdict, "g": GLYPHS[r.verdict], "i": cell_index[key], "mark": data["cells"][cell_index[key]].get(WIRE_KEYS["mark"]),
                 "changed": changed}
 
     def row(case_id):
