@@ -471,11 +471,11 @@ def test_page_size_per_cell_fits_the_full_matrix_budget():
     """The full matrix (~7,800 cells, every env, 46 % of them unsupported) must fit in one 5 MB page: what one
     more cell costs, measured between two synthetic matrices with the real unsupported share (so the fixed
     part, e.g. the inlined plotting library, cancels out), times the full matrix, plus the fixed part, must
-    stay under 5 MB. Contract 3 costs ~565 bytes per cell here (4.5 MB for the full matrix); the encoding
+    stay under 5 MB. Contract 3 costs ~490 bytes per cell here (3.9 MB for the full matrix); the encoding
     before it (every unsupported cell with its own reason text, node id and time string; every comparison
-    table with its own steps and observables; numbers as ``repr`` writes them; the by-source matrix sent
-    as HTML too) costs ~930 bytes per cell (7.4 MB) and fails it; prerendered images (~5 kB per cell) fail
-    it by far."""
+    table with its own steps and observables; field names as keys; numbers as ``repr`` writes them; the
+    by-source matrix sent as HTML too) costs ~930 bytes per cell (7.4 MB) and fails it; prerendered images
+    (~5 kB per cell) fail it by far."""
     small = len(render(merge(_many_cells(10, 12))).encode("utf-8"))
     large = len(render(merge(_many_cells(20, 24))).encode("utf-8"))
     per_cell = (large - small) / (20 * 24 - 10 * 12)
