@@ -8,6 +8,8 @@ One job per module:
     the JSON the page script reads (pydantic models with every field documented);
 :mod:`.data`
     fills that contract from merged records (and the rerun command of a cell);
+:mod:`.explored`
+    the "Explored" view: ``bnconform explore`` summaries read and validated (``--explored DIR``);
 :mod:`.render`
     Jinja2 rendering (autoescape on) of ``bnconform/templates``, with the plotting
     library (uPlot, ``templates/vendor/``) inlined: the page draws its plots from the
