@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="no plots in the drill-down: leaves the plotted running statistics and the inlined "
                         "plotting library out of the page (smaller)")
     p.add_argument("--explored", action="append", default=None, metavar="DIR",
-                   help="a directory of `bnconform explore` summaries (explore-*.json), or one such file, for the "
+                   help="a directory of bnconform explore summaries (explore-*.json), or one such file, for the "
                         "report's Explored view (repeatable); a DIR that does not exist or holds none is noted "
                         "there, not an error")
     p.set_defaults(func=_report)
