@@ -23,8 +23,6 @@ re-exports the names callers used when the report was one module.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
 from pathlib import Path
 
@@ -60,21 +58,6 @@ def summary(merged: Merged, baseline_diff: Diff | None = None) -> dict:
     return out
 
 
-@contextlib.contextmanager
-def _no_gc_pauses():
-    """Keep the cyclic garbage collector from running while a report is built: merging and building the
-    page allocate millions of small acyclic objects (parsed JSON, page data), and each full collection
-    walks all of them again (a quarter of the CPU time of a full-matrix report). Nothing is lost: the
-    objects are freed by reference counting, cycles at the next collection after this."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
 def write_report(paths: list[str | Path], out: str | Path, summary_path: str | Path | None = None,
                  baseline: list[str | Path] | None = None, plots: bool = True,
                  explored: list[str | Path] | Explored | None = None) -> tuple[Merged, Diff | None]:
@@ -89,12 +72,11 @@ def write_report(paths: list[str | Path], out: str | Path, summary_path: str | P
     error), or what :func:`load_explored` read from them. Returns the merged results and the diff against the baseline (None
     without one).
     """
-    with _no_gc_pauses():
-        merged = load_and_merge(paths)
-        base_diff = diff(load_and_merge(baseline), merged) if baseline else None
-        label = ", ".join(map(str, baseline)) if baseline else None
-        page = render(merged, baseline_diff=base_diff, baseline_label=label, plots=plots,
-                      explored=load_explored(explored) if isinstance(explored, list) else explored)
+    merged = load_and_merge(paths)
+    base_diff = diff(load_and_merge(baseline), merged) if baseline else None
+    label = ", ".join(map(str, baseline)) if baseline else None
+    page = render(merged, baseline_diff=base_diff, baseline_label=label, plots=plots,
+                  explored=load_explored(explored) if isinstance(explored, list) else explored)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
