@@ -529,7 +529,7 @@ def write_findings(explorations: list[Exploration], run: dict, out_dir: str | Pa
 
 
 def summary(explorations: list[Exploration], run: dict, path: Path | None) -> dict:
-    """The machine-readable summary of a run (the report's future "explored" view):
+    """The machine-readable summary of a run (the report's Explored view, :mod:`bnconform.report.explored`):
     per adapter, examples run, undocumented divergences and their minimal cases."""
     return {
         "run": run,

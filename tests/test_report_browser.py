@@ -1,6 +1,6 @@
 """End to end: the generated report in headless Chromium (selenium + chromedriver).
 
-Builds the report from tests/data/report (with a baseline and plots), checks the matrix, a filter,
+Builds the report from tests/data/report (with a baseline, plots and an explore summary), checks the matrix, a filter,
 the search box, a drill-down and its plots (uPlot canvases drawn from the embedded numbers), tooltips,
 that markup in results stays text (no script runs), and saves reports/screenshot.png. Skips with the reason when Chromium, chromedriver or selenium is absent;
 CI installs them (Debian: ``apt-get install -y chromium chromium-driver``; ``pip install selenium``).
@@ -47,7 +47,7 @@ def page(tmp_path_factory):
     from selenium.webdriver.chrome.service import Service
 
     out = tmp_path_factory.mktemp("report") / "parity.html"
-    write_report([DATA / "current"], out, baseline=[DATA / "baseline"])
+    write_report([DATA / "current"], out, baseline=[DATA / "baseline"], explored=[DATA / "explore"])
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for flag in FLAGS:
@@ -83,9 +83,10 @@ _INKED = ("var c = arguments[0], px = c.getContext('2d').getImageData(0, 0, c.wi
 
 def _cell_index(driver, case_id, adapter):
     return driver.execute_script(
-        "var D = JSON.parse(document.getElementById('bn-data').textContent);"
+        "var D = JSON.parse(document.getElementById('bn-data').textContent), key = {};"
+        "for (var k in D.field_names) key[D.field_names[k]] = k;"  # the JSON's short keys of cell fields
         "for (var i = 0; i < D.cells.length; i++) { var c = D.cells[i];"
-        " if (D.cases[c.case].id === arguments[0] && D.adapters[c.adapter].name === arguments[1]) return i; }",
+        " if (D.cases[c[key.case]].id === arguments[0] && D.adapters[c[key.adapter]].name === arguments[1]) return i; }",
         case_id, adapter)
 
 
@@ -194,6 +195,11 @@ def test_report_in_chromium(page):
     d.find_element(By.CSS_SELECTOR, '#m-theme tr.case[data-case="nhwc-train"] td.c.conflict').click()
     assert "Conflict: this cell was also reported by another shard" in drill.text
     assert "conflict: conforms (env fw_x, 1.0, darwin-arm64)" in drill.text
+    # an unsupported cell: its reason (an entry of its adapter's reason table), the time (seconds after its
+    # run's t0) and the rerun command with the node id the page composes
+    assert "Why unsupported\nfw_x.BatchNorm has no channels-last layout" in drill.text
+    assert "run at\n2026-01-02T03:04:05+00:00" in drill.text
+    assert 'tox -e fw_x -- "cases/layouts.yaml::nhwc-train[fw_x.BatchNorm]"' in drill.text
     functional = d.find_element(By.CSS_SELECTOR, '#m-theme tr.case[data-case="eval-uses-running"] td.c[data-i="%d"]'
                                 % _cell_index(d, "eval-uses-running", "fw_x.functional"))
     functional.click()
@@ -201,12 +207,34 @@ def test_report_in_chromium(page):
     assert "New cell: not in the baseline." in drill.text and "fw_x.functional" in drill.text
     assert _severe_console_errors(d) == []
 
-    # the other views render
+    # the other views render; the by-source matrix's rows are copies of the theme matrix's
+    d.find_element(By.CSS_SELECTOR, '#tabs button[data-view="source"]').click()
+    cells_of = ("return Array.from(document.querySelectorAll(arguments[0] + ' tr.case')).map(function (tr) {"
+                " return tr.dataset.case + ':' + Array.from(tr.querySelectorAll('td')).map(function (td) {"
+                " return (td.dataset.i || '-') + td.className.replace(/ (sel|dim)/g, '') + td.textContent; }).join(); });")
+    theme_rows = dict(r.split(":", 1) for r in d.execute_script(cells_of, "#m-theme"))
+    source_rows = d.execute_script(cells_of, "#m-source")
+    assert len(source_rows) >= 5 and all(theme_rows[r.split(":", 1)[0]] == r.split(":", 1)[1] for r in source_rows)
+    assert len(d.find_elements(By.CSS_SELECTOR, "#m-source td.c[data-i]")) >= 12
+    d.find_element(By.CSS_SELECTOR, '#m-source tr.case[data-case="ema-3steps"] td.c[data-v="quirk"]').click()
+    assert "quirk biased-running-var" in drill.text
     d.find_element(By.CSS_SELECTOR, '#tabs button[data-view="question"]').click()
     q = d.find_element(By.ID, "q-table").text
     assert "Forum: BN running variance differs between frameworks [000_seed.txt]" in q
+    # a question cell's tooltip (each case's verdict on that adapter) comes from the data
+    seed_q = d.find_element(By.CSS_SELECTOR, '#q-table tbody tr td.q.v-quirk')
+    ActionChains(d).move_to_element(seed_q).perform()
+    assert seed_q.get_attribute("title") == "ema-3steps: quirk"
+    assert seed_q.get_attribute("data-fw") == "fw_y"
     d.find_element(By.CSS_SELECTOR, '#tabs button[data-view="diff"]').click()
     assert "Changed cells (3)" in d.find_element(By.ID, "view-diff").text
+    # the Explored view: per adapter, generated cases run and undocumented divergences, the minimal cases
+    d.find_element(By.CSS_SELECTOR, '#tabs button[data-view="explored"]').click()
+    explored = d.find_element(By.ID, "view-explored")
+    assert explored.is_displayed() and not d.find_element(By.ID, "toolbar").is_displayed()
+    assert "fw_x.BatchNorm 1.0 1 60 2" in d.find_element(By.ID, "explored-adapters").text
+    assert "explored-s0-fw_x-batchnorm-1 fw_x.BatchNorm fails" in explored.text
+    assert "<img src=x onerror=window.__pwned=7>" in explored.text and d.execute_script("return window.__pwned === undefined")
     d.find_element(By.CSS_SELECTOR, '#tabs button[data-view="theme"]').click()
 
     # screenshot for humans: the matrix with the quirk cell's drill-down open

@@ -16,12 +16,15 @@ markup not written by the templates, and it never contains text from results.
 from __future__ import annotations
 
 import functools
+import json
 import re
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2.utils import htmlsafe_json_dumps
 from markupsafe import Markup
 
 from ..resultset import Diff, Merged
+from .explored import Explored
 from .view import build_context
 
 #: The vendored uPlot release (``bnconform/templates/vendor/README.md``).
@@ -30,6 +33,44 @@ UPLOT_VERSION = "1.6.32"
 _UNSAFE_INLINE = re.compile(r"(?i)</script|</style|<!--")
 #: ... and, for a file inlined inside a ``/* */`` comment (the licence), the end of the comment.
 _UNSAFE_IN_COMMENT = re.compile(r"(?i)</script|</style|<!--|\*/")
+
+
+#: A JSON string, or a number written with a fraction or an exponent (what ``json.dumps`` writes for a float).
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|(-?)(\d+)(?:\.(\d+))?(?:e([-+]?\d+))?')
+
+
+def _shortest_number(m: re.Match) -> str:
+    """The shortest JSON spelling of the same decimal number (so it parses to the same double): an integer
+    mantissa and an exponent, ``762e-9`` for ``7.62e-07``, ``177e-6`` for ``0.000177``, ``203`` for
+    ``203.0``; anything else (strings, integers, numbers already shortest) as it was."""
+    token = m.group(0)
+    sign, whole, frac, exp = m.groups()
+    if whole is None or (frac is None and exp is None):
+        return token
+    digits = (whole + (frac or "")).lstrip("0")
+    e = int(exp or 0) - len(frac or "")
+    if not digits:
+        return sign + "0"
+    trimmed = digits.rstrip("0")
+    e += len(digits) - len(trimmed)
+    short = trimmed + ("0" * e if 0 <= e <= 2 else f"e{e}")
+    return sign + short if len(sign + short) < len(token) else token
+
+
+def page_json(data) -> Markup:
+    """``data`` as the JSON of a ``<script type="application/json">`` element: compact, every number in its
+    shortest spelling (:func:`_shortest_number`: the same values, a quarter fewer bytes for the page's
+    errors and tolerances), ``<``, ``>``, ``&`` and ``'`` escaped as Jinja2's ``tojson`` does."""
+    seen: dict[str, str] = {}  # tokens repeat (keys, common numbers): each is spelled once
+
+    def spell(m: re.Match) -> str:
+        token = m.group(0)
+        out = seen.get(token)
+        if out is None:
+            out = seen[token] = _shortest_number(m)
+        return out
+
+    return htmlsafe_json_dumps(data, dumps=lambda obj: _JSON_TOKEN.sub(spell, json.dumps(obj, separators=(",", ":"))))
 
 
 @functools.lru_cache(maxsize=1)
@@ -59,17 +100,20 @@ def vendored(name: str, in_comment: bool = False) -> Markup:
 
 
 def render(merged: Merged, title: str = "bnconform parity report", baseline_diff: Diff | None = None,
-           baseline_label: str | None = None, plots: bool = True) -> str:
+           baseline_label: str | None = None, plots: bool = True, explored: Explored | None = None) -> str:
     """Render the report HTML (Jinja2, autoescaped: no text from results can inject markup).
 
     ``plots``: embed the running statistics and inline uPlot, so that a drill-down
     draws the case's plots; False leaves both out (smaller page) and the
-    drill-down says the plots were switched off.
+    drill-down says the plots were switched off. ``explored``: the exploration summaries merged into the
+    "Explored" view (None: none was given; the view says so).
     """
     ctx = build_context(merged, title, baseline_diff=baseline_diff, baseline_label=baseline_label,
-                        plots_note=None if plots else "plots were switched off (--no-plots)")
+                        plots_note=None if plots else "plots were switched off (--no-plots)",
+                        explored=explored)
     if plots:
         ctx["vendor"] = {"uplot_js": vendored("uPlot.iife.min.js"), "uplot_css": vendored("uPlot.min.css"),
                          "uplot_license": vendored("uPlot.LICENSE", in_comment=True)}
         ctx["uplot_version"] = UPLOT_VERSION
+    ctx["data_json"] = page_json(ctx.pop("data"))
     return environment().get_template("parity.html.j2").render(**ctx)

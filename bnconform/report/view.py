@@ -1,7 +1,7 @@
 """The template's view model: what ``parity.html.j2`` renders, as plain Python values.
 
 :func:`build_context` returns the template's variables (below); the drill-down
-data goes in ``data`` (:class:`~.contract.ReportData` dumped to JSON types;
+data goes in ``data`` (:class:`~.contract.ReportData` as JSON values;
 ``plots`` says whether the page inlines the plotting library and draws from it).
 The matrices are rendered server-side:
 
@@ -13,13 +13,17 @@ The matrices are rendered server-side:
     script gives a cell its tooltip from the data when the pointer or focus reaches it).
 ``questions``
     per source group and adapter, the count of each verdict (worst first), the
-    worst one (the cell's colour) and the divergence ids shown.
+    worst one (the cell's colour) and the divergence ids shown (the page script
+    gives a cell its tooltip, each case's verdict, from the data and the group's
+    rows in the by-source matrix).
 ``columns``, ``framework_spans``
     adapters ``{name, framework, new}`` and ``[framework, number of its columns]``.
 ``diff``, ``conflicts``, ``duplicates``, ``bad_lines``
     the results layer's objects (:mod:`bnconform.resultset`), rendered as they are.
 ``run_notices``
     one line per shard that is not a complete run (:func:`run_notices`).
+``explored``
+    the exploration summaries merged (:class:`~.explored.Explored`; no runs when none was given).
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ from pathlib import Path
 
 from ..results import VERDICTS, ResultRecord
 from ..resultset import Diff, Merged, divergence_ids
-from .contract import dump_data
+from .contract import WIRE_KEYS
 from .data import GLYPHS, Layout, build_data, safe_url
+from .explored import Explored
 
 #: Worst first: the colour a group of cells takes in the summary views.
 SEVERITY = ("error", "fails", "known_bug", "quirk", "conforms", "unsupported")
@@ -141,15 +146,15 @@ def _questions(merged: Merged, layout: Layout, by_source: list[dict]) -> list[di
             cnt = Counter(r.verdict for r in recs)
             dids = sorted({i for r in recs for i in divergence_ids(r)})
             qcells.append({"worst": worst(cnt), "counts": [(v, GLYPHS[v], cnt[v]) for v in SEVERITY if cnt[v]],
-                           "divergences": dids,
-                           "tip": "; ".join(f"{r.case_id}: {r.verdict}" for r in recs)} if recs else None)
+                           "divergences": dids} if recs else None)
         questions.append({"label": g["label"], "kind": g["kind"], "url": g["url"], "titles": g["titles"],
                           "anchor": g["anchor"], "n": len(g["cases"]), "cells": qcells})
     return questions
 
 
 def build_context(merged: Merged, title: str = "bnconform parity report", baseline_diff: Diff | None = None,
-                  baseline_label: str | None = None, plots_note: str | None = None) -> dict:
+                  baseline_label: str | None = None, plots_note: str | None = None,
+                  explored: Explored | None = None) -> dict:
     """The template's variables: header facts, matrices, summary views, embedded data (module docstring).
 
     ``plots_note``: why the page has no plots (None: it draws them from the embedded numbers).
@@ -169,7 +174,7 @@ def build_context(merged: Merged, title: str = "bnconform parity report", baseli
         if r is None:
             return None
         changed = key in changes or key in added or case_id in new_cases or adapter in new_adapters
-        return {"v": r.verdict, "g": GLYPHS[r.verdict], "i": cell_index[key], "mark": data.cells[cell_index[key]].mark,
+        return {"v": r.verdict, "g": GLYPHS[r.verdict], "i": cell_index[key], "mark": data["cells"][cell_index[key]].get(WIRE_KEYS["mark"]),
                 "changed": changed}
 
     def row(case_id):
@@ -213,7 +218,7 @@ def build_context(merged: Merged, title: str = "bnconform parity report", baseli
         "themes": themes,
         "by_source": by_source,
         "questions": _questions(merged, layout, by_source),
-        "data": dump_data(data),
+        "data": data,
         "plots": plots_note is None,
         "duplicates": merged.duplicates,
         "conflicts": merged.conflicts,
@@ -221,4 +226,5 @@ def build_context(merged: Merged, title: str = "bnconform parity report", baseli
         "run_notices": run_notices(merged),
         "diff": baseline_diff,
         "baseline_label": baseline_label,
+        "explored": explored or Explored(),
     }

@@ -93,3 +93,6 @@ dump("current/fw_x_mac.jsonl", [dict(dup, platform="darwin-arm64"), con], extra=
 a, y = baseline()
 dump("baseline/fw_x.jsonl", a)
 dump("baseline/fw_y.jsonl", y)
+# explore/explore-20261130T120000Z-s0.json (a `bnconform explore` summary for the Explored view: fw_x's two
+# adapters, 60 generated cases each, two undocumented divergences on fw_x.BatchNorm, one with markup in its
+# worst error) is hand-written too, in the format of bnconform.explore.summary().
