@@ -302,13 +302,17 @@ def evaluate(current: Merged, baseline: Merged | None = None, require_frameworks
     res.notes += n
     if disk_catalogue is not None:
         where, digest, dirs = disk_catalogue
+        on_disk: dict[tuple[str, ...], dict[str, str]] = {}  # per set of groups: read and hashed once
         for s in current.shards:
             if s.start is None:
                 continue
             if s.start.catalogue_files is None:
                 stale = [] if s.start.catalogue_digest == digest else ["(no per-file record: the whole digest differs)"]
             else:
-                stale = catalogue_changes(s.start.catalogue_files, catalogue_files(dirs, s.start.groups))
+                groups = tuple(s.start.groups)
+                if groups not in on_disk:
+                    on_disk[groups] = catalogue_files(dirs, list(groups))
+                stale = catalogue_changes(s.start.catalogue_files, on_disk[groups])
             if stale:
                 res.problems.append(f"{s.file}: run on another catalogue than the one on disk ({where}): "
                                     f"stale results, or the cases changed since: {', '.join(stale[:5])}"
