@@ -41,11 +41,6 @@ class MXNetBase(Adapter):
         return None
 
     @staticmethod
-    def momentum(case: Case) -> float:
-        """MXNet decay = 1 - new-batch weight (the value is unused when no update can happen)."""
-        return case.layer.decay
-
-    @staticmethod
     def global_stats(case: Case, mode: str) -> bool:
         """``use_global_stats`` for a forward in ``mode``: the running statistics in ``train_global_stats``,
         except without tracked statistics, where every forward normalises with the batch statistics (the
@@ -107,7 +102,7 @@ class NDArrayHooks(MXNetBase):
         cell.x.attach_grad()
         with mx.autograd.record(train_mode=cell.train):
             cell.y = mx.nd.BatchNorm(cell.x, cell.gamma, cell.beta, cell.rm, cell.rv, eps=case.layer.eps,
-                                     momentum=self.momentum(case), axis=case.input.axis,
+                                     momentum=case.layer.decay, axis=case.input.axis,
                                      fix_gamma=self.default_fix_gamma or not case.layer.affine,
                                      use_global_stats=self.global_stats(case, mode))
         return cell.y
@@ -155,7 +150,7 @@ class SymbolHooks(MXNetBase):
             sym = mx.sym.BatchNorm(
                 data=mx.sym.var("data"), gamma=mx.sym.var("gamma"), beta=mx.sym.var("beta"),
                 moving_mean=mx.sym.var("moving_mean"), moving_var=mx.sym.var("moving_var"),
-                eps=case.layer.eps, momentum=self.momentum(case), fix_gamma=not case.layer.affine,
+                eps=case.layer.eps, momentum=case.layer.decay, fix_gamma=not case.layer.affine,
                 use_global_stats=global_stats, axis=case.input.axis, name="bn")
             cell.executors[global_stats] = sym.bind(mx.cpu(), args=cell.args, args_grad=cell.grads,
                                                     grad_req=cell.grad_req, aux_states=cell.aux)

@@ -73,7 +73,7 @@ class GluonBatchNorm(MXNetAdapter):
     def build(self, cell):
         mx, L, pdt = self.mx, cell.case.layer, cell.param_dtype
         net = cell.net = mx.gluon.nn.BatchNorm(
-            axis=cell.case.input.axis, momentum=self.momentum(cell.case), epsilon=L.eps, center=L.affine,
+            axis=cell.case.input.axis, momentum=cell.case.layer.decay, epsilon=L.eps, center=L.affine,
             scale=L.affine, use_global_stats=any(self.global_stats(cell.case, m) for m in cell.modes),
             in_channels=L.num_features)
         net.initialize(ctx=mx.cpu())
