@@ -25,7 +25,13 @@ Evidence (current results, and the baseline's too):
   and goes stale when a case or ``expectations/onnx.yaml`` does. Shards
   written before that record are judged by their whole digest;
 * no unreadable line, no conflicting shards, at least one cell, and at least
-  one value compared (a run of only ``unsupported`` cells measured nothing).
+  one value compared (a run of only ``unsupported`` cells measured nothing);
+* every record's verdict is backed by its own evidence (:func:`unbacked_verdicts`):
+  a ``conforms``, ``quirk`` or ``known_bug`` cell compared at least one value
+  or matched a documented refusal (an entry with ``raises``), and a
+  ``conforms`` or ``quirk`` cell has no failing comparison (only a bounded
+  ``known_bug`` expected failure may). The engine never writes such records;
+  the check guards records written by another version or tool, or edited.
 
 Verdicts:
 
@@ -41,6 +47,10 @@ Verdicts:
   the baseline has cells in the current results that are not all ``unsupported``;
 * against the baseline: no cell changed verdict or divergence set, no case,
   adapter or cell disappeared (new ones are listed, not fatal);
+* nothing measured in the baseline went unmeasured (:func:`lost_measurements`):
+  per cell of the same verdict in both, every (step, op, observable) the
+  baseline compared is compared again — an adapter that stops observing
+  ``running_var`` on a new release must not pass on the rest;
 * no magnitude drift (:func:`drift`): per (cell, step, observable) the
   error/tolerance ratio did not grow beyond :data:`DRIFT_FACTOR` times the
   baseline's, measured above the rounding-noise floor :data:`NOISE_FLOOR`.
@@ -153,6 +163,45 @@ def drift(baseline: Merged, current: Merged) -> list[Drift]:
     return out
 
 
+def _compared(comparisons: list[dict]) -> set[tuple[int, str, str]]:
+    return {(int(c.get("step", 0)), str(c.get("op", "")), str(c.get("observable", ""))) for c in comparisons}
+
+
+def lost_measurements(baseline: Merged, current: Merged) -> list[tuple[tuple[str, str], list[tuple[int, str, str]]]]:
+    """Per cell present in both runs with the same verdict: the (step, op, observable) comparisons the
+    baseline made and the current run did not, sorted; cells that lost none are left out. A cell whose
+    verdict changed is reported as a behaviour change instead."""
+    out = []
+    for key in sorted(set(baseline.cells) & set(current.cells)):
+        old, new = baseline.cells[key], current.cells[key]
+        if old.verdict != new.verdict:
+            continue
+        lost = sorted(_compared(old.comparisons) - _compared(new.comparisons))
+        if lost:
+            out.append((key, lost))
+    return out
+
+
+def unbacked_verdicts(records) -> list[str]:
+    """Records whose verdict their own evidence contradicts, one line each: a ``conforms``/``quirk``/
+    ``known_bug`` cell that compared nothing and matched no documented refusal (a divergence with
+    ``raises``), or a ``conforms``/``quirk`` cell with a failing comparison (a quirk is matched exactly by
+    the oracle with its options; only a known bug's bounded expected failure may fail a comparison)."""
+    out = []
+    for r in records:
+        if r.verdict not in ("conforms", "quirk", "known_bug"):
+            continue
+        if not r.comparisons and not any(d.get("raises") for d in r.divergences or []):
+            out.append(f"{r.case_id} on {r.adapter} is {r.verdict} but compared no value and matched no "
+                       f"documented refusal: a verdict without evidence")
+        elif r.verdict != "known_bug" and not all(c.get("passed") for c in r.comparisons):
+            bad = [c for c in r.comparisons if not c.get("passed")]
+            out.append(f"{r.case_id} on {r.adapter} is {r.verdict} but {len(bad)} of its comparisons failed "
+                       f"(e.g. step {bad[0].get('step', 0)} {bad[0].get('observable')}): the verdict contradicts "
+                       f"its evidence")
+    return out
+
+
 @dataclass
 class GateResult:
     """The gate's answer: ``passed`` and the reasons, one line each."""
@@ -257,6 +306,7 @@ def _evidence(m: Merged, label: str, allow_partial: bool, allow_legacy: bool) ->
             problems.append(f"{label}{shard.file}: no value was compared in any of its {len(shard.records)} cells "
                             f"(every one unsupported or errored): this run measured nothing")
     problems += [label + p for p in _catalogue_disagreements([s for s in m.shards if s.start is not None])]
+    problems += [label + p for p in unbacked_verdicts(m.records)]
     if m.cells and not any(r.comparisons for r in m.records):
         problems.append(f"{label}no value was compared in any cell: nothing was measured "
                         f"({', '.join(f'{v} {n}' for v, n in sorted(m.counts().items()))})")
@@ -375,6 +425,11 @@ def evaluate(current: Merged, baseline: Merged | None = None, require_frameworks
             res.problems.append(f"cell removed since the baseline: {case} on {adapter} (was {verdict})")
         res.notes += [f"new case: {c}" for c in d.new_cases] + [f"new adapter: {a}" for a in d.new_adapters]
         res.notes += [f"version {a}: {o} -> {n}" for a, o, n in d.version_changes]
+        for (case, adapter), lost in lost_measurements(baseline, current):
+            what = ", ".join(f"step {st} {op} {obs}".replace("  ", " ") for st, op, obs in lost[:4])
+            res.problems.append(f"measured less than the baseline: {case} on {adapter}: {len(lost)} comparison(s) "
+                                f"the baseline made are missing ({what}" + (", ..." if len(lost) > 4 else "")
+                                + "): an adapter that stopped observing, or a case that checks less")
         res.drift = drift(baseline, current)
         for x in res.drift:
             if x.worse:

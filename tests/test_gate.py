@@ -128,3 +128,25 @@ def test_drift_rule_floor_and_factor(old, new, drifted):
     assert bool(found) == drifted
     if found:
         assert found[0].worse == (new > old)
+
+
+def test_verdicts_without_or_against_their_evidence_fail(tmp_path):
+    # A record the engine never writes (another tool, an older version, an edit): conforms with nothing
+    # compared and no documented refusal, or conforms/quirk with a failing comparison. Both fail the gate,
+    # with and without a baseline; the honest shard passes.
+    good = shard(tmp_path, "good", NumpyBatchNorm())
+    code, out = run_gate(good)
+    assert code == 0, out
+    from bnconform.results import read_shards
+
+    recs = [r for s in read_shards([good]) for r in s.records]
+    assert recs[0].verdict == "conforms" and recs[0].comparisons
+    empty = recs[0].model_copy(update={"comparisons": []})
+    failing = recs[1].model_copy(update={"comparisons": [{**recs[1].comparisons[0], "passed": False}]})
+    write_shard(tmp_path / "bad.jsonl", [empty, failing, *recs[2:]])
+    code, out = run_gate(tmp_path / "bad.jsonl")
+    assert code == 1
+    assert f"{recs[0].case_id} on numpy-reference is conforms but compared no value" in out, out
+    assert f"{recs[1].case_id} on numpy-reference is conforms but 1 of its comparisons failed" in out, out
+    code, out = run_gate(tmp_path / "bad.jsonl", "--baseline", good)
+    assert code == 1 and "measured less than the baseline" in out, out

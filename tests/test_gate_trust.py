@@ -232,6 +232,11 @@ def test_8_cell_comparing_nothing_is_not_conforms(project):
     assert rec["comparisons"] == []
     code, out = gate(project, "res", "--baseline", "base")
     assert code == 1 and "train-counter-increments on numpy-reference: conforms -> unsupported" in out, out
+    # The cells that still conform on `output` alone compared less than the baseline did: that fails too
+    # (before lost_measurements the gate judged only the comparisons both runs made).
+    kept = next(r for r in records(project) if r["case_id"] == "train-1step-m0.1")
+    assert kept["verdict"] == "conforms" and {c["observable"] for c in kept["comparisons"]} == {"output"}
+    assert "measured less than the baseline: train-1step-m0.1 on numpy-reference" in out, out
 
 
 # ------------------------------------------------------------------ 9. versions fail closed
