@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import sys
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -359,60 +360,72 @@ def read_results(paths: list[str | Path]) -> tuple[list[ResultRecord], list[BadL
     return records, bad
 
 
+def _lines(f: Path, bad: list[BadLine]):
+    """``(number, text)`` of each line of ``f`` (gunzipped for ``.gz``). A compressed file that is truncated
+    or corrupt ends the lines read so far with a :class:`BadLine` (the lines before it are kept)."""
+    opener = gzip.open if f.suffix == ".gz" else open
+    n = 0
+    try:
+        with opener(f, "rt", encoding="utf-8", errors="replace") as fh:
+            for n, line in enumerate(fh, 1):
+                yield n, line
+    except (EOFError, OSError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        bad.append(BadLine(file=str(f), line=n + 1, message=f"unreadable from here on ({type(exc).__name__}: "
+                                                             f"{exc}); a truncated or corrupt file?"))
+
+
 def _read_shard(f: Path) -> Shard:
     shard = Shard(file=str(f))
     records, bad = shard.records, shard.bad_lines
     first = True
-    opener = gzip.open if f.suffix == ".gz" else open
-    with opener(f, "rt", encoding="utf-8", errors="replace") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            is_first, first = first, False
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                bad.append(BadLine(file=str(f), line=n, message=f"not JSON ({exc.msg}); truncated write?"))
-                continue
-            if not isinstance(data, dict):
-                bad.append(BadLine(file=str(f), line=n, message="not a JSON object"))
-                continue
-            kind = data.get("kind")
-            if kind is not None:
-                model = MANIFEST_KINDS.get(kind)
-                if model is None:
-                    bad.append(BadLine(file=str(f), line=n, message=f"unknown line kind {kind!r}"))
-                    continue
-                try:
-                    item = model.model_validate(data)
-                except ValidationError as exc:
-                    e = exc.errors()[0]
-                    bad.append(BadLine(file=str(f), line=n,
-                                       message=f"{kind} field {'.'.join(map(str, e['loc']))}: {e['msg']}"))
-                    continue
-                slot = kind.removeprefix("run_")
-                if kind == "run_start" and not is_first:
-                    shard.structure.append(f"{f}:{n}: run_start is not the first line (two runs in one file?)")
-                elif getattr(shard, slot) is not None:
-                    shard.structure.append(f"{f}:{n}: a second {kind} line")
-                elif kind != "run_start" and shard.start is None:
-                    shard.structure.append(f"{f}:{n}: {kind} without run_start")
-                elif shard.end is not None:
-                    shard.structure.append(f"{f}:{n}: {kind} after run_end")
-                if getattr(shard, slot) is None:
-                    setattr(shard, slot, item)
-                continue
-            if shard.end is not None:
-                shard.structure.append(f"{f}:{n}: record after run_end")
-            version = data.get("schema_version")
-            if version != SCHEMA_VERSION:
-                bad.append(BadLine(file=str(f), line=n,
-                                   message=f"schema_version {version!r}, this bnconform reads {SCHEMA_VERSION}"))
+    for n, line in _lines(f, bad):
+        if not line.strip():
+            continue
+        is_first, first = first, False
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            bad.append(BadLine(file=str(f), line=n, message=f"not JSON ({exc.msg}); truncated write?"))
+            continue
+        if not isinstance(data, dict):
+            bad.append(BadLine(file=str(f), line=n, message="not a JSON object"))
+            continue
+        kind = data.get("kind")
+        if kind is not None:
+            model = MANIFEST_KINDS.get(kind)
+            if model is None:
+                bad.append(BadLine(file=str(f), line=n, message=f"unknown line kind {kind!r}"))
                 continue
             try:
-                records.append(ResultRecord.model_validate(data))
+                item = model.model_validate(data)
             except ValidationError as exc:
                 e = exc.errors()[0]
                 bad.append(BadLine(file=str(f), line=n,
-                                   message=f"field {'.'.join(map(str, e['loc']))}: {e['msg']}"))
+                                   message=f"{kind} field {'.'.join(map(str, e['loc']))}: {e['msg']}"))
+                continue
+            slot = kind.removeprefix("run_")
+            if kind == "run_start" and not is_first:
+                shard.structure.append(f"{f}:{n}: run_start is not the first line (two runs in one file?)")
+            elif getattr(shard, slot) is not None:
+                shard.structure.append(f"{f}:{n}: a second {kind} line")
+            elif kind != "run_start" and shard.start is None:
+                shard.structure.append(f"{f}:{n}: {kind} without run_start")
+            elif shard.end is not None:
+                shard.structure.append(f"{f}:{n}: {kind} after run_end")
+            if getattr(shard, slot) is None:
+                setattr(shard, slot, item)
+            continue
+        if shard.end is not None:
+            shard.structure.append(f"{f}:{n}: record after run_end")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            bad.append(BadLine(file=str(f), line=n,
+                               message=f"schema_version {version!r}, this bnconform reads {SCHEMA_VERSION}"))
+            continue
+        try:
+            records.append(ResultRecord.model_validate(data))
+        except ValidationError as exc:
+            e = exc.errors()[0]
+            bad.append(BadLine(file=str(f), line=n,
+                               message=f"field {'.'.join(map(str, e['loc']))}: {e['msg']}"))
     return shard

@@ -30,6 +30,22 @@ def test_bad_lines_are_reported_and_the_rest_is_kept(tmp_path):
     assert "truncated write?" in str(bad[-1]) and "verdict" in str(bad[1])
 
 
+def test_truncated_or_corrupt_gzipped_shard_keeps_what_was_read(tmp_path):
+    # A sweep shard (*.jsonl.gz) cut short, e.g. by a full disk or an interrupted copy: reading it raised
+    # EOFError out of read_shards (the gate and the report crashed with a traceback).
+    import gzip
+
+    lines = good_lines(400)
+    whole = gzip.compress(("\n".join(lines) + "\n").encode())
+    (tmp_path / "cut.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    records, bad = read_results([tmp_path / "cut.jsonl.gz"])
+    assert 0 < len(records) < 400 and [r.case_id for r in records] == [f"c{i}" for i in range(len(records))]
+    assert len(bad) >= 1 and "truncated or corrupt" in bad[-1].message and "EOFError" in bad[-1].message
+    (tmp_path / "junk.jsonl.gz").write_bytes(b"not gzip at all")
+    records, bad = read_results([tmp_path / "junk.jsonl.gz"])
+    assert records == [] and "BadGzipFile" in bad[0].message and bad[0].line == 1
+
+
 def test_missing_path_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_results([tmp_path / "nope"])
