@@ -162,7 +162,7 @@ class BatchNormalizationSyncMirrored(_TFKerasMirrored, _TFKeras):
                 or _TFKeras.capabilities(self, case))
 
     def build(self, cell):
-        import tf_keras
+        tf_keras = keras2()
 
         case, L, dt = cell.case, cell.case.layer, cell.dtype
         with self.make_strategy(cell).scope():
@@ -176,7 +176,7 @@ class BatchNormalizationSyncMirrored(_TFKerasMirrored, _TFKeras):
         return [cell.named[n] for n in cell.trainable]
 
     def apply_sgd(self, cell, lr, grads):
-        import tf_keras
+        tf_keras = keras2()
 
         learn = self.learned(cell)
         with cell.strategy.scope():

@@ -82,6 +82,21 @@ def test_adapters_only_translate():
                 assert node.id != "Divergence", f"{path.name} defines a Divergence"
 
 
+def test_tf_keras_rows_reach_keras2_through_one_function():
+    """Every tf_keras row gets its Keras 2 module from ``keras2()`` (``tf_keras``, or TF 2.12/2.13's bundled
+    ``tf.keras``): a row importing ``tf_keras`` itself errors on every cell of the TF 2.12/2.13 sweep (the
+    MirroredStrategy row did: 9 ``error`` cells per release)."""
+    import ast
+
+    tree = ast.parse((ROOT / "adapters" / "tf_keras.py").read_text())
+    keras2 = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "keras2")
+    inside = {id(n) for n in ast.walk(keras2)}
+    direct = [n.lineno for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) and id(n) not in inside
+              and (any(a.name.split(".")[0] == "tf_keras" for a in n.names)
+                   or (getattr(n, "module", None) or "").startswith("tf_keras"))]
+    assert not direct, f"adapters/tf_keras.py imports tf_keras outside keras2() at lines {direct}"
+
+
 def test_github_workflow_is_valid_and_names_real_tox_envs():
     import yaml
 
