@@ -48,6 +48,9 @@ from .catalogue import Backward, Case, Forward, SgdStep
 UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
 ACCUMULATION_DTYPE = {"float64": "float64", "float32": "float32", "float16": "float32", "bfloat16": "float32"}
 SAFETY = 4.0
+#: Roundings of ``running -= (running - batch) * (1 - decay)`` at the scale of
+#: ``|f (running - batch)|`` (``Profile.ema_form``: ``1 - decay``, the difference, the product).
+EMA_SUBTRACT_ROUNDINGS = 3
 _PRECISION_OBSERVABLES = frozenset({"output", "grad_input", "grad_weight", "grad_bias", "running_mean",
                                     "running_var", "weight", "bias"})
 
@@ -218,20 +221,22 @@ class Profile:
         replacing a running variance of 1 comes back as ``fl(1 - 1e-7)``
         subtracted from 1, off by ~u. Four roundings per update, with ``d =
         running - batch`` (first order in ``u``):
-        (1) ``c``: ``1 - decay`` rounded into the variable's dtype,
-        ``|c - f| <= u (|f| + |1 - f|)`` (the second term where the decay is
-        itself a rounded tensor, as in tf-keras: ``1.0 - momentum`` of a
-        float32 ``momentum``); (2) ``fl(running - batch) = d (1 + d2)``;
-        (3) the product by ``c``; (4) the subtraction from ``running``, a
-        rounding at ``|new|``: the storage rounding the tolerance already
-        charges every step. (1)-(3) add ``u (3 |f| + |1 - f|) |d|``. The
-        envelope adds ``SAFETY`` times that per update and carries earlier
-        updates' envelope through the moving average (``(1 - f) spread +
-        ...``; the form is linear in ``running``: an error ``e`` in it leaves
-        ``(1 - f) e``), like ``compute_dtype``'s running-statistics envelope.
-        The value stays the exact float64 average. A decay created in a dtype
-        narrower than the variable's (a float32 decay for a float64 variable)
-        moves the value itself: ``momentum_dtype``.
+        (1) ``c = fl(1 - decay)`` in the variable's dtype, ``|c - f| <= u |f|``;
+        (2) ``fl(running - batch) = d (1 + d2)``, ``|d2| <= u``; (3) the
+        product by ``c``, ``(1 + d3)``; so ``fl(d c) = d f (1 + t)``, ``|t| <=
+        3u``; (4) the subtraction from ``running``, a rounding at ``|new|``:
+        the storage rounding the tolerance already charges every step.
+        (1)-(3) add ``3 u |f| |d|``, which the interpolation's magnitude
+        ``(1 - f) |running| + f |batch|`` does not contain where ``f`` is
+        near 1 (at ``f = 1`` it is ``|batch|`` alone). The envelope adds
+        ``SAFETY`` times that per update and carries earlier updates'
+        envelope through the moving average (``(1 - f) spread + ...``; the
+        form is linear in ``running``: an error ``e`` in it leaves ``(1 - f)
+        e``), like ``compute_dtype``'s running-statistics envelope. The value
+        stays the exact float64 average. A decay rounded BEFORE ``1 - decay``
+        (a float32 decay tensor: tf-keras converts ``momentum`` to a float32
+        tensor first; a float32 decay cast up to a float64 variable) moves
+        the weight itself: ``momentum_dtype`` (``float32_decay``, ``float32``).
     ``accumulation_dtype``: per-observable override of the precision that
         observable is computed/accumulated in, ``{observable: dtype or
         "input"}`` (a mapping; stored as sorted pairs). E.g. backward
@@ -871,8 +876,8 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
       passes ``lr * spread(grad)`` on to the parameters, whose spread enters
       later outputs by the triangle inequality (``|w s - w0 s0| <= |w0| |s -
       s0| + dw max s``).
-    * ``ema_form: subtract``: each running update adds ``SAFETY u (3 |f| + |1 -
-      f|) |running - batch|`` (the roundings of ``running -= (running - batch)
+    * ``ema_form: subtract``: each running update adds ``SAFETY 3 u |f|
+      |running - batch|`` (the roundings of ``running -= (running - batch)
       * c`` counted in the Profile docstring) to the running statistic's
       envelope, which carries earlier updates as ``(1 - f) spread``; later
       eval outputs and global-statistics gradients use its image as for any
@@ -959,13 +964,13 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
 
     def subtract_form(observable, diff, factor):
         """``ema_form: subtract``: SAFETY times the roundings (1)-(3) of ``running -= (running -
-        batch) * c`` in the running statistic's dtype, ``u (3 |f| + |1 - f|) |running - batch|``
-        (Profile docstring); 0 for the canonical interpolation."""
+        batch) * c`` in the running statistic's dtype, ``3 u |f| |running - batch|`` (Profile
+        docstring); 0 for the canonical interpolation."""
         if profile.ema_form != "subtract":
             return 0.0
         u = u_of(observable) or UNIT_ROUNDOFF[default_acc]
         with np.errstate(invalid="ignore"):
-            return SAFETY * u * (3.0 * abs(factor) + abs(1.0 - factor)) * np.abs(diff)
+            return SAFETY * EMA_SUBTRACT_ROUNDINGS * u * abs(factor) * np.abs(diff)
 
     zeros = lambda: np.zeros(L.num_features)  # noqa: E731
     # The running variance's interval as offsets below/above its value (model and SAFETY;
