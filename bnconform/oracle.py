@@ -209,12 +209,14 @@ class Profile:
         products summed, as the tolerance's magnitude ``(1 - f) |running| + f
         |batch|`` models it); ``"subtract"`` — ``running -= (running - batch)
         * c``, ``c = 1 - decay``: TensorFlow's ``assign_moving_average``
-        (``tensorflow/python/training/moving_averages.py``: ``decay =
-        ops.convert_to_tensor(1.0 - decay)``, cast to the variable's dtype, and
-        ``update_fn``: ``state_ops.assign_sub(v, (v - value) * decay)``), the
-        form tf-keras ``BatchNormalization._assign_moving_average``
-        (``tf_keras/src/layers/normalization/batch_normalization.py``, the
-        ``fused=False`` / ``synchronized=True`` path) and the
+        (``tensorflow/python/training/moving_averages.py``, TF 2.21.0 lines
+        88-93: ``decay = ops.convert_to_tensor(1.0 - decay)``, cast to the
+        variable's dtype, and ``update_fn``: ``state_ops.assign_sub(v, (v -
+        value) * decay)``), the form tf-keras
+        ``BatchNormalization._assign_moving_average``
+        (``tf_keras/src/layers/normalization/batch_normalization.py``, tf-keras
+        2.21.0 lines 865-886; the ``fused=False`` / ``synchronized=True``
+        path) and the
         ``tf.nn.moments`` rows of ``adapters/tf_nn.py`` use. It rounds at the
         scale of the DIFFERENCE ``|running - batch|``, i.e. of the OLD running
         value, not of the result: with ``f = 1`` a batch variance of 1e-7
