@@ -12,7 +12,8 @@ Semantics relied on (tf-keras 2.21.0, read in the installed source):
   float16, bfloat16 or float32 (``_raise_if_fused_cannot_be_used``, ``build``).
 * ``fused=False`` computes ``tf.nn.moments`` (biased) and updates with
   ``_assign_moving_average``: ``moving -= (moving - batch) * (1 - momentum)``:
-  the BIASED variance (TF issue #55545).
+  the BIASED variance (TF issue #55545), in a form that rounds at the scale of
+  the OLD moving value (oracle knob ``ema_form: subtract``).
 * ``trainable = False`` makes ``call`` run in inference mode even with
   ``training=True`` (TF >= 2.0 behaviour): our ``train_global_stats``.
 * float16/bfloat16 inputs: mixed-precision policies (float32 variables); both

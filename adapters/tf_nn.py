@@ -9,7 +9,9 @@ tf-keras ``_assign_moving_average``)::
     mean, var = tf.nn.moments(x, axes)                 # biased variance
     moving.assign_sub((moving - batch) * (1 - decay))  # decay = 1 - momentum
 
-with tf-keras' zero-size guard (the delta is 0 for an empty batch). Half
+with tf-keras' zero-size guard (the delta is 0 for an empty batch). The
+subtract form rounds at the scale of ``|moving - batch|`` (the OLD moving
+value), not of the result: oracle knob ``ema_form: subtract``. Half
 inputs are computed in float32 and the output cast back, as tf-keras'
 non-fused path does. ``tf.nn.moments`` returns the population (BIASED)
 variance, so the running variance is biased (quirk).

@@ -54,7 +54,7 @@ framework must produce a finite value within tolerance.
 Unit roundoffs: float64 2^-53, float32 2^-24, float16 2^-11, bfloat16 2^-8.
 
 Precision profiles (oracle knobs ``variance_algorithm``, ``compute_dtype``,
-``accumulation_dtype``) add the oracle's ``spread`` — the absolute envelope
+``accumulation_dtype``, ``summation``, ``ema_form``) add the oracle's ``spread`` — the absolute envelope
 of the documented algorithm, derived in :func:`bnconform.oracle.simulate` —
 to this tolerance: ``tol + spread``. An element with an infinite spread is
 UNBOUNDED (the algorithm may return anything there, NaN included): it is not

@@ -48,6 +48,9 @@ from .catalogue import Backward, Case, Forward, SgdStep
 UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
 ACCUMULATION_DTYPE = {"float64": "float64", "float32": "float32", "float16": "float32", "bfloat16": "float32"}
 SAFETY = 4.0
+#: Roundings of ``running -= (running - batch) * (1 - decay)`` at the scale of
+#: ``|f (running - batch)|`` (``Profile.ema_form``: ``1 - decay``, the difference, the product).
+EMA_SUBTRACT_ROUNDINGS = 3
 _PRECISION_OBSERVABLES = frozenset({"output", "grad_input", "grad_weight", "grad_bias", "running_mean",
                                     "running_var", "weight", "bias"})
 
@@ -198,6 +201,44 @@ class Profile:
         ``src/operator/nn/batch_norm.cc`` BatchNormForwardImpl:
         ``mean[channel] += *in_data`` and ``var[channel] += (x - mean)^2`` in
         one float accumulator per channel).
+    ``ema_form``: the arithmetic form of the running update ``new = (1 - f)
+        running + f batch`` (``f`` the momentum, ``1 - f`` the decay), computed
+        in the running statistics' dtype (unit roundoff ``u``: float32, or
+        float64 for float64 cases; a narrower ``accumulation_dtype`` of the
+        running statistic wins). ``"interpolate"`` (canonical: the two
+        products summed, as the tolerance's magnitude ``(1 - f) |running| + f
+        |batch|`` models it); ``"subtract"`` — ``running -= (running - batch)
+        * c``, ``c = 1 - decay``: TensorFlow's ``assign_moving_average``
+        (``tensorflow/python/training/moving_averages.py``, TF 2.21.0 lines
+        88-93: ``decay = ops.convert_to_tensor(1.0 - decay)``, cast to the
+        variable's dtype, and ``update_fn``: ``state_ops.assign_sub(v, (v -
+        value) * decay)``), the form tf-keras
+        ``BatchNormalization._assign_moving_average``
+        (``tf_keras/src/layers/normalization/batch_normalization.py``, tf-keras
+        2.21.0 lines 865-886; the ``fused=False`` / ``synchronized=True``
+        path) and the
+        ``tf.nn.moments`` rows of ``adapters/tf_nn.py`` use. It rounds at the
+        scale of the DIFFERENCE ``|running - batch|``, i.e. of the OLD running
+        value, not of the result: with ``f = 1`` a batch variance of 1e-7
+        replacing a running variance of 1 comes back as ``fl(1 - 1e-7)``
+        subtracted from 1, off by ~u. Four roundings per update, with ``d =
+        running - batch`` (first order in ``u``):
+        (1) ``c = fl(1 - decay)`` in the variable's dtype, ``|c - f| <= u |f|``;
+        (2) ``fl(running - batch) = d (1 + d2)``, ``|d2| <= u``; (3) the
+        product by ``c``, ``(1 + d3)``; so ``fl(d c) = d f (1 + t)``, ``|t| <=
+        3u``; (4) the subtraction from ``running``, a rounding at ``|new|``:
+        the storage rounding the tolerance already charges every step.
+        (1)-(3) add ``3 u |f| |d|``, which the interpolation's magnitude
+        ``(1 - f) |running| + f |batch|`` does not contain where ``f`` is
+        near 1 (at ``f = 1`` it is ``|batch|`` alone). The envelope adds
+        ``SAFETY`` times that per update and carries earlier updates'
+        envelope through the moving average (``(1 - f) spread + ...``; the
+        form is linear in ``running``: an error ``e`` in it leaves ``(1 - f)
+        e``), like ``compute_dtype``'s running-statistics envelope. The value
+        stays the exact float64 average. A decay rounded BEFORE ``1 - decay``
+        (a float32 decay tensor: tf-keras converts ``momentum`` to a float32
+        tensor first; a float32 decay cast up to a float64 variable) moves
+        the weight itself: ``momentum_dtype`` (``float32_decay``, ``float32``).
     ``accumulation_dtype``: per-observable override of the precision that
         observable is computed/accumulated in, ``{observable: dtype or
         "input"}`` (a mapping; stored as sorted pairs). E.g. backward
@@ -227,6 +268,7 @@ class Profile:
     compute_dtype: Literal["default", "input", "float64", "float32", "float16", "bfloat16"] = "default"
     accumulation_dtype: tuple[tuple[str, str], ...] = ()
     summation: Literal["probabilistic", "recursive"] = "probabilistic"
+    ema_form: Literal["interpolate", "subtract"] = "interpolate"
 
     def __post_init__(self):
         acc = self.accumulation_dtype
@@ -269,7 +311,8 @@ class Profile:
     def models_precision(self) -> bool:
         """Whether any precision knob is set (then expectations carry a spread)."""
         return (self.variance_algorithm != "two_pass" or self.compute_dtype != "default"
-                or bool(self.accumulation_dtype) or self.summation != "probabilistic")
+                or bool(self.accumulation_dtype) or self.summation != "probabilistic"
+                or self.ema_form != "interpolate")
 
 
 CANONICAL = Profile()
@@ -799,7 +842,7 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
     float64. Raises :class:`OracleUndefined` where the semantics are undefined.
 
     Precision profiles (``variance_algorithm``, ``compute_dtype``,
-    ``accumulation_dtype``) add to each observable an absolute ``spread``,
+    ``accumulation_dtype``, ``summation``, ``ema_form``) add to each observable an absolute ``spread``,
     the envelope within which an implementation of that algorithm may
     legitimately land, derived as follows (nothing fitted):
 
@@ -835,6 +878,12 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
       passes ``lr * spread(grad)`` on to the parameters, whose spread enters
       later outputs by the triangle inequality (``|w s - w0 s0| <= |w0| |s -
       s0| + dw max s``).
+    * ``ema_form: subtract``: each running update adds ``SAFETY 3 u |f|
+      |running - batch|`` (the roundings of ``running -= (running - batch)
+      * c`` counted in the Profile docstring) to the running statistic's
+      envelope, which carries earlier updates as ``(1 - f) spread``; later
+      eval outputs and global-statistics gradients use its image as for any
+      running-variance envelope.
     * ``compute_dtype`` / ``accumulation_dtype`` (dtype ``c`` narrower than
       the default): an observable produced at ``c`` gets the tolerance the
       :mod:`bnconform.compare` model gives a computation in ``c``,
@@ -915,6 +964,16 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
         spread = SAFETY * u * (growth * np.abs(magnitude) + np.abs(value)) if u else 0.0
         return spread + SAFETY * u_lin * np.abs(magnitude) if u_lin else spread
 
+    def subtract_form(observable, diff, factor):
+        """``ema_form: subtract``: SAFETY times the roundings (1)-(3) of ``running -= (running -
+        batch) * c`` in the running statistic's dtype, ``3 u |f| |running - batch|`` (Profile
+        docstring); 0 for the canonical interpolation."""
+        if profile.ema_form != "subtract":
+            return 0.0
+        u = u_of(observable) or UNIT_ROUNDOFF[default_acc]
+        with np.errstate(invalid="ignore"):
+            return SAFETY * EMA_SUBTRACT_ROUNDINGS * u * abs(factor) * np.abs(diff)
+
     zeros = lambda: np.zeros(L.num_features)  # noqa: E731
     # The running variance's interval as offsets below/above its value (model and SAFETY;
     # exactly 0 without spreads).
@@ -946,6 +1005,7 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
         else:
             pop = population_variance(var, m, profile.running_var_correction)
             corr = m / (m - 1) if profile.running_var_correction == "unbiased" else 1.0
+        rm_old, rv_old = rm, rv
         rm, rv = ema(rm, mean, factor), ema(rv, pop, factor)
         mag["running_mean"] = (1 - factor) * mag["running_mean"] + factor * abs_mean
         mag["running_var"] = (1 - factor) * mag["running_var"] + factor * corr * mag_var
@@ -953,9 +1013,11 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
             u_rm, u_rv = u_of("running_mean"), u_of("running_var")
             sp["running_mean"] = ((1 - factor) * sp["running_mean"]
                                   + SAFETY * u_rm * (factor * growth * abs_mean + np.abs(rm))
-                                  + SAFETY * u_lin * factor * abs_mean)
+                                  + SAFETY * u_lin * factor * abs_mean
+                                  + subtract_form("running_mean", rm_old - mean, factor))
             extra = (SAFETY * u_rv * (factor * corr * growth * np.abs(mag_var) + np.abs(rv))
-                     + SAFETY * u_lin * factor * corr * np.abs(mag_var))
+                     + SAFETY * u_lin * factor * corr * np.abs(mag_var)
+                     + subtract_form("running_var", rv_old - pop, factor))
             for k in rv_off:
                 batch_off = getattr(var_iv, k) if var_iv is not None else 0.0
                 if k.startswith("lo") and var_iv is not None and var_iv.clamped:

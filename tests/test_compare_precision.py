@@ -138,3 +138,53 @@ def test_the_one_pass_envelope_still_catches_every_injected_bug(mutant):
     row = Row()
     declared = for_adapter(row) + _quirk("one-pass", variance_algorithm="one_pass_clamped")
     assert any(run_cell(c, row, "0", expectations=declared).verdict == "fails" for c in CATALOGUE.cases), mutant.name
+
+
+# ---- ema_form: subtract, judged on the explored cases (findings/explored/tf-tensorflow-s11-pending.yaml 1, 2, 6)
+
+def _tf_moments_program(c: Case, arrays) -> dict:
+    """The tf.nn rows' program (``adapters/tf_nn.py``) written in NumPy float32 from TensorFlow's
+    source, not from the oracle: ``tf.nn.moments`` (mean, then the mean of squared differences),
+    ``tf.nn.batch_normalization`` (``inv = rsqrt(var + eps) * scale; x * inv + (offset - mean * inv)``)
+    and ``assign_moving_average``'s ``running -= (running - batch) * c``, ``c = fl32(1 - decay)``."""
+    f32, L, out = np.float32, c.layer, {}
+    rm, rv = arrays.init["running_mean"].astype(f32), arrays.init["running_var"].astype(f32)
+    w = arrays.init["weight"].astype(f32) if L.affine else np.ones(L.num_features, f32)
+    b = arrays.init["bias"].astype(f32) if L.affine else np.zeros(L.num_features, f32)
+    cf = f32(1.0 - (1.0 - L.momentum))
+    for i, step in enumerate(c.steps):
+        x = arrays.batches[step.batch].astype(f32)
+        if step.mode == "train":
+            mean = x.mean(axis=0, dtype=f32)
+            var = np.square(x - mean).mean(axis=0, dtype=f32)
+            rm, rv = rm - (rm - mean) * cf, rv - (rv - var) * cf
+        else:
+            mean, var = rm, rv
+        inv = (f32(1) / np.sqrt(var + f32(L.eps))) * w
+        out[(i, "output")] = x * inv + (b - mean * inv)
+        out[(i, "running_mean")], out[(i, "running_var")] = rm.copy(), rv.copy()
+    return out
+
+
+@pytest.mark.parametrize("layer, steps", [
+    ({"momentum": 1.0}, ["train", "eval"]),                    # explored cases 1 and 6
+    ({"momentum": 1.0, "affine": False}, ["train"]),           # explored case 2
+    ({"momentum": 0.99}, ["train", "train", "train", "eval"]),  # several updates accumulate
+], ids=["explored-1-6", "explored-2", "momentum-0.99-three-updates"])
+def test_the_subtract_envelope_covers_tensorflows_update_and_the_canonical_form_does_not(layer, steps):
+    c = Case.model_validate({
+        "id": "t", "title": "t", "behaviour": "t", "source": [{"title": "test"}], "layer": {"num_features": 1, **layer},
+        "input": {"shape": [2, 1], "distribution": {"kind": "uniform", "high": 0.001}},
+        "steps": [{"op": "forward", "mode": m} for m in steps]})
+    arrays = generate(c)
+    actual = _tf_moments_program(c, arrays)
+    judged = {}
+    for name, options in (("subtract", {"ema_form": "subtract"}), ("interpolate", {})):
+        ex = simulate(c, arrays, CANONICAL.with_options(name, running_var_correction="biased", **options)).values
+        judged[name] = {k: compare_one(a, ex[k].value, ex[k].magnitude, k[1], c, k[0], spread=ex[k].spread)
+                        for k, a in actual.items()}
+    assert all(r.passed for r in judged["subtract"].values()), \
+        {k: r.ratio for k, r in judged["subtract"].items() if not r.passed}
+    assert not judged["interpolate"][(0, "running_var")].passed  # the knob is needed: ~u |old running_var|
+    if steps == ["train", "eval"]:  # explored 1, 6: the eval forward normalises with that running_var
+        assert not judged["interpolate"][(1, "output")].passed

@@ -90,6 +90,7 @@ BASE = "entries:\n- {id: e, kind: quirk, summary: s, source: src, %s}\n"
 @pytest.mark.parametrize("body, field, message", [
     ("options: {no_such_knob: 1}", "options", "unknown oracle Profile knob"),
     ("options: {running_var_correction: sideways}", "options", "is not one of"),
+    ("options: {ema_form: assign_sub}", "options", "is not one of"),
     ("options: {fixed_gamma: true}, raises: x", None, "exactly one of options, raises, expected_failure"),
     ("where: {dtype: [float8]}, options: {fixed_gamma: true}", "where.dtype[0]", "Input should be"),
     ("where: {case_id: [x]}, options: {fixed_gamma: true}", "where.case_id", "Extra inputs"),
@@ -198,3 +199,10 @@ def test_the_validate_console_script_finds_the_builtin_rows():
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "valid expectation entries, 0 error(s)" in proc.stdout
+
+
+def test_the_ema_form_knob_is_an_expectations_option():
+    # The knob the tf.nn / tf-keras non-fused rows need (assign_moving_average's subtract form).
+    entry = parse(BASE % "where: {train_forward: true, track_running_stats: true}, options: {ema_form: subtract}",
+                  "x.yaml").entries[0]
+    assert entry.options == {"ema_form": "subtract"} and "ema_form" in expect._profile_knobs()
