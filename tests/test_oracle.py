@@ -591,8 +591,9 @@ def test_moments_count_offset_leaves_an_empty_batch_to_empty_batch_update():
     assert off[(1, "grad_weight")].value.tolist() == [0.0] * 3
 
 
-@pytest.mark.parametrize("options", [{"variance_algorithm": "one_pass"}, {"variance_algorithm": "one_pass_clamped"}])
-def test_moments_count_offset_with_a_one_pass_variance_is_not_modelled(options):
-    case = make_case([{"op": "forward", "mode": "train"}])
+@pytest.mark.parametrize("options, replicas", [({"variance_algorithm": "one_pass"}, None),
+                                               ({"variance_algorithm": "one_pass_clamped"}, None), ({}, [2, 2])])
+def test_moments_count_offset_with_a_one_pass_variance_or_replicas_is_not_modelled(options, replicas):
+    case = make_case([{"op": "forward", "mode": "train"}]).model_copy(update={"replicas": replicas})
     with pytest.raises(ValueError, match="moments_count_offset"):
         simulate(case, generate(case), CANONICAL.with_options("k", moments_count_offset=1e-7, **options))
