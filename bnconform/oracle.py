@@ -166,6 +166,27 @@ class Profile:
         statistics initialised at 0 and 1. The running statistics themselves
         stay the plain moving average.
 
+    ``moments_count_offset``: a constant ``c >= 0`` added to the count ``m`` of
+        values per channel in the batch statistics a forward normalises with:
+        ``mean = sum(x) / (m + c)`` and ``var = sum((x - mean)^2) / (m + c)``,
+        the squared deviations taken from that same (shrunk) mean. ``0.0``
+        (canonical) is Alg. 1. Keras 3 ``BatchNormalization._moments``, mask
+        branch (``keras/src/layers/normalization/batch_normalization.py``,
+        keras 3.15.1 lines 447-471: ``mean = masked_input_sum /
+        (sum_of_weights + backend.epsilon())``, ``difference =
+        ops.where(mask_broadcasted, inputs - mean, 0)``, ``variance =
+        weighted_distsq / (sum_of_weights + backend.epsilon())``) has
+        ``c = backend.epsilon() = 1e-7``: a relative bias of ``~c / m``, below
+        float32's resolution, 1e9 ulps in float64. The output, the running
+        update (the biased ``var``, or ``m / (m - 1)`` times it when
+        ``running_var_correction`` is unbiased) and the backward
+        (:func:`backward_offset_batch_stats`, the exact derivative of these
+        formulas: ``sum(x - mean) = c mean`` is no longer 0) follow. A value
+        change, exact in float64, not an envelope. An empty batch (m = 0) is
+        left to ``empty_batch_update`` (Keras' ``0 / (0 + c) = 0`` is its
+        ``"zero"``); replica cases and a one-pass ``variance_algorithm`` with
+        ``c != 0`` are not modelled (:func:`simulate` raises ``ValueError``).
+
     Precision knobs — they change the ERROR MODEL, not the semantics. Each
     widens the tolerance by an explicit, derived envelope (``Expected.spread``,
     see :func:`simulate`); the canonical profile has none.
@@ -264,6 +285,7 @@ class Profile:
     empty_replica_update: Literal["global", "skip"] = "global"
     aliased_affine_update: bool = False
     eval_zero_debias: bool = False
+    moments_count_offset: float = 0.0
     variance_algorithm: Literal["two_pass", "one_pass", "one_pass_clamped"] = "two_pass"
     compute_dtype: Literal["default", "input", "float64", "float32", "float16", "bfloat16"] = "default"
     accumulation_dtype: tuple[tuple[str, str], ...] = ()
@@ -280,6 +302,11 @@ class Profile:
             raise ValueError(f"profile {self.name!r}: accumulation_dtype must map observables to dtypes, "
                              f"got {self.accumulation_dtype!r}") from None
         object.__setattr__(self, "accumulation_dtype", acc)
+        off = self.moments_count_offset
+        if isinstance(off, bool) or not isinstance(off, (int, float)) or not np.isfinite(off) or off < 0:
+            raise ValueError(f"profile {self.name!r}: moments_count_offset must be a finite number >= 0, got {off!r}"
+                             + (" (YAML reads 1e-7 as a string: write 1.0e-7)" if isinstance(off, str) else ""))
+        object.__setattr__(self, "moments_count_offset", float(off))
         hints = get_type_hints(Profile)
         for f in fields(self):
             allowed = get_args(hints[f.name]) if get_origin(hints[f.name]) is Literal else None
@@ -433,6 +460,48 @@ def backward_global_stats(g, x, mean, var, eps, weight, axis):
     invstd = 1.0 / np.sqrt(var + eps)
     x_hat = (x - cv(mean)) * cv(invstd)
     return g * cv(weight * invstd), (g * x_hat).sum(axis=axes), g.sum(axis=axes)
+
+
+def offset_batch_stats(x: np.ndarray, axis: int, offset: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and biased variance with ``offset`` added to the count
+    (``Profile.moments_count_offset``); both (C,), float64::
+
+        mean = sum(x) / (m + offset),  var = sum((x - mean)^2) / (m + offset)
+
+    the deviations taken from that same mean (Keras 3 ``BatchNormalization._moments``,
+    mask branch). ``offset = 0`` is :func:`batch_stats` up to rounding; ``m = 0`` gives 0 and 0.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    axes = reduce_axes(x.ndim, axis)
+    d = float(np.prod([x.shape[a] for a in axes])) + offset
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = x.sum(axis=axes) / d
+        var = ((x - channel_view(mean, x.ndim, axis)) ** 2).sum(axis=axes) / d
+    return mean, var
+
+
+def backward_offset_batch_stats(g, x, mean, var, eps, weight, axis, offset):
+    """Gradients of ``y = w (x - mean) s + b``, ``s = 1/sqrt(var + eps)``, with the
+    batch statistics of :func:`offset_batch_stats` (``d = m + offset``), train mode.
+
+    With ``D = x - mean``: ``dmean/dx_i = 1/d``; ``sum_j D_j = sum(x) - m mean =
+    offset mean`` (0 only for ``offset = 0``), so ``dvar/dx_i = (2/d) (D_i -
+    sum_j D_j / d) = (2/d) (D_i - offset mean / d)`` and ``ds/dx_i = -s^3/2 dvar/dx_i``.
+    Summed over the outputs::
+
+        dx = w s (g - sum(g) / d - s^2 sum(g D) / d (D - offset mean / d))
+        dweight = s sum(g D),  dbias = sum(g)
+
+    (``offset = 0``: :func:`backward_batch_stats`). Returns ``(dx, dweight, dbias)``.
+    """
+    x, g = np.asarray(x, np.float64), np.asarray(g, np.float64)
+    axes, cv = reduce_axes(x.ndim, axis), (lambda v: channel_view(v, x.ndim, axis))
+    d = float(np.prod([x.shape[a] for a in axes])) + offset
+    invstd = 1.0 / np.sqrt(var + eps)
+    dev = x - cv(mean)
+    sgd = (g * dev).sum(axis=axes)
+    dx = g - cv(g.sum(axis=axes) / d) - cv(invstd**2 * sgd / d) * (dev - cv(offset * mean / d))
+    return cv(weight * invstd) * dx, invstd * sgd, g.sum(axis=axes)
 
 
 # ---------------------------------------------------------------- replicas
@@ -909,6 +978,10 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
     bound covers) but not for ``replica_average``: that combination raises
     ``ValueError`` (not modelled).
     """
+    if profile.moments_count_offset and (case.replicas is not None or profile.variance_algorithm != "two_pass"):
+        raise ValueError(f"profile {profile.name!r}: moments_count_offset with "
+                         + ("a replica case" if case.replicas is not None else
+                            f"variance_algorithm={profile.variance_algorithm!r}") + " is not modelled")
     if (case.replicas is not None and profile.replica_reduction != "count_weighted"
             and profile.variance_algorithm != "two_pass"):
         raise ValueError(f"profile {profile.name!r}: a one-pass variance with replica_reduction="
@@ -1055,7 +1128,9 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
             use_batch = as_train or not L.track_running_stats
             var_iv = None
             if use_batch:
-                if case.replicas is None:
+                if case.replicas is None and profile.moments_count_offset and m > 0:
+                    mean, var = offset_batch_stats(x, axis, profile.moments_count_offset)
+                elif case.replicas is None:
                     mean, var = batch_stats(x, axis)  # NaN for an empty batch; the output is empty
                 else:  # synchronized over replicas: per-replica partials reduced across replicas
                     mean, var = replica_batch_stats(x, axis, case.replicas, profile.replica_reduction)
@@ -1144,6 +1219,10 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
                     dx, dw, db = replica_backward(g, last.x, last.mean, last.var, L.eps, gamma, axis,
                                                   case.replicas, profile.replica_reduction)
                     a = replica_grad_weights(last.x, axis, case.replicas, profile.replica_reduction)
+                elif last.used_batch and profile.moments_count_offset and m > 0:
+                    dx, dw, db = backward_offset_batch_stats(g, last.x, last.mean, last.var, L.eps, gamma, axis,
+                                                             profile.moments_count_offset)
+                    a = 1.0 / max(m, 1)
                 else:
                     dx, dw, db = fn(g, last.x, last.mean, last.var, L.eps, gamma, axis)
                     a = 1.0 / max(m, 1)  # the weight of one value in the batch mean

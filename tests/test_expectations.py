@@ -91,6 +91,7 @@ BASE = "entries:\n- {id: e, kind: quirk, summary: s, source: src, %s}\n"
     ("options: {no_such_knob: 1}", "options", "unknown oracle Profile knob"),
     ("options: {running_var_correction: sideways}", "options", "is not one of"),
     ("options: {ema_form: assign_sub}", "options", "is not one of"),
+    ("options: {moments_count_offset: 1e-7}", "options", "write 1.0e-7"),
     ("options: {fixed_gamma: true}, raises: x", None, "exactly one of options, raises, expected_failure"),
     ("where: {dtype: [float8]}, options: {fixed_gamma: true}", "where.dtype[0]", "Input should be"),
     ("where: {case_id: [x]}, options: {fixed_gamma: true}", "where.case_id", "Extra inputs"),

@@ -374,6 +374,7 @@ _TRAIN_BWD_SGD_EVAL = [{"op": "forward", "mode": "train"}, {"op": "backward"}, {
     ("sgd_lr_dtype", "float32", "float64", (4, 3, 2, 2)),
     ("summation", "recursive", "float32", (4, 3, 2, 2)),
     ("ema_form", "subtract", "float32", (4, 3, 2, 2)),
+    ("moments_count_offset", 1e-7, "float64", (4, 3, 2, 2)),
 ])
 def test_a_precision_or_empty_batch_knob_is_never_ignored(knob, value, dtype, shape):
     steps = _TRAIN_BWD_SGD_EVAL if shape[0] else [{"op": "forward", "mode": "train"}]
@@ -439,6 +440,10 @@ def test_accumulation_dtype_passes_through_sgd_to_the_parameter():
     ({"ema_form": "assign_sub"}, "ema_form"),
     ({"accumulation_dtype": {"gradient": "input"}}, "accumulation_dtype"),
     ({"accumulation_dtype": {"grad_input": "half"}}, "accumulation_dtype"),
+    ({"moments_count_offset": "1e-7"}, "moments_count_offset"),
+    ({"moments_count_offset": -1e-7}, "moments_count_offset"),
+    ({"moments_count_offset": float("nan")}, "moments_count_offset"),
+    ({"moments_count_offset": True}, "moments_count_offset"),
 ])
 def test_bad_knob_values_are_rejected_by_name(options, field):
     with pytest.raises(ValueError, match=field):
@@ -533,3 +538,134 @@ def test_ema_subtract_model_bound_covers_the_float32_form_and_is_nearly_attained
         missed[momentum] = float(np.max(err / (U32 * ((1 - momentum) * r + momentum * x + np.abs(e.value)))))
     assert worst > 1 / 2, worst
     assert missed[1.0] > 1e5 and missed[0.99] > 10, missed
+
+
+# ---------------------------------------------------------------- moments_count_offset (Keras 3 masked moments)
+
+KERAS_EPSILON = 1e-7  # keras.backend.epsilon()
+
+
+def _keras_masked_bn(x, gamma, beta, moving_mean, moving_var, eps, keras_momentum, offset=KERAS_EPSILON):
+    """Keras 3 BatchNormalization.call(training=True, mask=all True) transcribed into NumPy, channels
+    last, written from keras/src/layers/normalization/batch_normalization.py (_moments, mask branch;
+    call; ops.batch_normalization), not from the oracle. Complex-safe (no abs, no comparisons), so
+    complex-step differentiation gives its derivatives to machine precision."""
+    axes = tuple(range(x.ndim - 1))
+    mask = np.ones(x.shape[:-1], dtype=bool)
+    mask_b = np.broadcast_to(np.expand_dims(mask, -1), x.shape)
+    masked_input_sum = np.sum(np.where(mask_b, x, 0), axis=axes, keepdims=True)
+    sum_of_weights = np.sum(mask_b.astype(np.float64), axis=axes, keepdims=True)
+    mean = masked_input_sum / (sum_of_weights + offset)
+    difference = np.where(mask_b, x - mean, 0)
+    variance = np.sum(difference * difference, axis=axes, keepdims=True) / (sum_of_weights + offset)
+    mean, variance = mean.reshape(-1), variance.reshape(-1)
+    new_mean = moving_mean * keras_momentum + mean * (1.0 - keras_momentum)
+    new_var = moving_var * keras_momentum + variance * (1.0 - keras_momentum)
+    y = (x - mean) * (1.0 / np.sqrt(variance + eps) * gamma) + beta
+    return y, new_mean, new_var
+
+
+def _complex_step(f, a, h=1e-30):
+    """d sum(f(a)) / d a by complex-step differentiation (exact to rounding: no subtraction)."""
+    grad = np.zeros(a.shape)
+    for idx in np.ndindex(a.shape):
+        z = a.astype(np.complex128)
+        z[idx] += 1j * h
+        grad[idx] = np.sum(f(z)).imag / h
+    return grad
+
+
+def _keras_case(shape):
+    return make_case([{"op": "forward", "mode": "train"}, {"op": "backward"}],
+                     {"momentum": 0.1, "eps": 1e-3, "init": {"running_mean": 0.5, "running_var": 2.0}},
+                     shape=shape, channel_axis=len(shape) - 1, dist={"mean": 3.0, "std": 0.5})
+
+
+def _keras_reference(case, arrays, offset):
+    x = np.asarray(arrays.batches[0], np.float64)
+    g = np.asarray(arrays.grad_outputs[1], np.float64)
+    w, b = (np.asarray(arrays.init[k], np.float64) for k in ("weight", "bias"))
+    rm, rv = (np.asarray(arrays.init[k], np.float64) for k in ("running_mean", "running_var"))
+    L = case.layer
+    run = lambda xx, ww: _keras_masked_bn(xx, ww, b, rm, rv, L.eps, 1.0 - L.momentum, offset)  # noqa: E731
+    y, new_mean, new_var = run(x, w)
+    return {(0, "output"): y, (0, "running_mean"): new_mean, (0, "running_var"): new_var,
+            (1, "grad_input"): _complex_step(lambda xx: g * run(xx, w)[0], x),
+            (1, "grad_weight"): _complex_step(lambda ww: g * run(x, ww)[0], w),
+            (1, "grad_bias"): g.sum(axis=tuple(range(x.ndim - 1)))}
+
+
+def _keras_profile(offset):
+    return CANONICAL.with_options("k", running_var_correction="biased", moments_count_offset=offset)
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (2, 3, 4)])
+@pytest.mark.parametrize("offset", [KERAS_EPSILON, 0.5])
+def test_moments_count_offset_reproduces_keras_masked_moments(shape, offset):
+    case = _keras_case(shape)
+    arrays = generate(case)
+    ref = _keras_reference(case, arrays, offset)
+    ex = simulate(case, arrays, _keras_profile(offset)).values
+    for key, want in ref.items():
+        np.testing.assert_allclose(ex[key].value, want, rtol=1e-12, atol=1e-14, err_msg=str(key))
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (2, 3, 4)])
+def test_without_moments_count_offset_the_keras_masked_moments_differ_by_epsilon_over_m(shape):
+    case = _keras_case(shape)
+    arrays = generate(case)
+    ref = _keras_reference(case, arrays, KERAS_EPSILON)
+    ex = simulate(case, arrays, _keras_profile(0.0)).values
+    m = case.input.reduction_size
+    for key, want in ref.items():
+        if key[1] == "grad_bias":
+            continue  # sum(g): no statistics in it
+        rel = np.max(np.abs(ex[key].value - want)) / np.max(np.abs(want))
+        assert 1e-3 * KERAS_EPSILON / m < rel < 1e2 * KERAS_EPSILON / m, (key, rel)
+    # The batch mean itself: exactly the relative bias 1e-7 / (m + 1e-7) (running_mean = 0.9 * 0.5 + 0.1 mean).
+    mean_k = (ref[(0, "running_mean")] - 0.45) / 0.1
+    mean_0 = (ex[(0, "running_mean")].value - 0.45) / 0.1
+    np.testing.assert_allclose((mean_0 - mean_k) / mean_0, KERAS_EPSILON / (m + KERAS_EPSILON), rtol=1e-6)
+
+
+def test_moments_count_offset_zero_is_the_canonical_oracle_bit_for_bit():
+    steps = _TRAIN_BWD_SGD_EVAL + [{"op": "forward", "mode": "train", "batch": 1}, {"op": "backward"}]
+    case = make_case(steps, {"init": {"running_mean": 1.0, "running_var": 2.0}})
+    arrays = generate(case)
+    zero = CANONICAL.with_options("z", moments_count_offset=0)
+    assert zero.options() == {} and zero.moments_count_offset == 0.0
+    canon, same = simulate(case, arrays), simulate(case, arrays, zero)
+    assert canon.values.keys() == same.values.keys()
+    for key, e in canon.values.items():
+        assert np.array_equal(e.value, same.values[key].value, equal_nan=True), key
+    # ... and the canonical values are Alg. 1's primitives, bit for bit.
+    x, g = arrays.batches[0], arrays.grad_outputs[1]
+    mean, var = oracle.batch_stats(x, 1)
+    w, b = arrays.init["weight"], arrays.init["bias"]
+    assert np.array_equal(canon.values[(0, "output")].value, oracle.normalize(x, mean, var, 1e-5, w, b, 1))
+    dx, dw, _ = oracle.backward_batch_stats(g, x, mean, var, 1e-5, w, 1)
+    assert np.array_equal(canon.values[(1, "grad_input")].value, dx)
+    assert np.array_equal(canon.values[(1, "grad_weight")].value, dw)
+
+
+def test_moments_count_offset_leaves_an_empty_batch_to_empty_batch_update():
+    case = make_case([{"op": "forward", "mode": "train"}, {"op": "backward"}],
+                     {"momentum": 0.1, "init": {"running_mean": 1.0, "running_var": 2.0}}, shape=(0, 3))
+    arrays = generate(case)
+    for mode in ("skip", "nan", "zero"):
+        plain = simulate(case, arrays, CANONICAL.with_options(mode, empty_batch_update=mode)).values
+        off = simulate(case, arrays, CANONICAL.with_options(mode, empty_batch_update=mode,
+                                                            moments_count_offset=KERAS_EPSILON)).values
+        for key, e in plain.items():
+            assert np.array_equal(e.value, off[key].value, equal_nan=True), (mode, key)
+    # Keras' masked empty batch, 0 / (0 + 1e-7) = 0 averaged in, is "zero": running stats shrink by the decay.
+    np.testing.assert_allclose(off[(0, "running_var")].value, 1.8)
+    assert off[(1, "grad_weight")].value.tolist() == [0.0] * 3
+
+
+@pytest.mark.parametrize("options, replicas", [({"variance_algorithm": "one_pass"}, None),
+                                               ({"variance_algorithm": "one_pass_clamped"}, None), ({}, [2, 2])])
+def test_moments_count_offset_with_a_one_pass_variance_or_replicas_is_not_modelled(options, replicas):
+    case = make_case([{"op": "forward", "mode": "train"}]).model_copy(update={"replicas": replicas})
+    with pytest.raises(ValueError, match="moments_count_offset"):
+        simulate(case, generate(case), CANONICAL.with_options("k", moments_count_offset=1e-7, **options))
