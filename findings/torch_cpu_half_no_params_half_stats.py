@@ -6,7 +6,7 @@ while the same call with float32 weight/bias or running statistics (the
 mean of 1 and a spread of 0.05 (it scales with |mean| / std).
 
 Found by ``bnconform explore --framework torch --seed 1`` (minimal cases:
-findings/explored/torch-pending.yaml explored-torch-half-no-params-*).
+cases/explored.yaml explored-torch-half-no-params-*).
 
 Source: aten/src/ATen/native/Normalization.cpp (batch_norm_cpu: is_mixed_type
 needs a float32 weight/bias/running stat; otherwise save_mean / save_invstd

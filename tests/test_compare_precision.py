@@ -140,7 +140,7 @@ def test_the_one_pass_envelope_still_catches_every_injected_bug(mutant):
     assert any(run_cell(c, row, "0", expectations=declared).verdict == "fails" for c in CATALOGUE.cases), mutant.name
 
 
-# ---- ema_form: subtract, judged on the explored cases (findings/explored/tf-tensorflow-s11-pending.yaml 1, 2, 6)
+# ---- ema_form: subtract, judged on the explored cases (promoted: cases/explored.yaml explored-s11-tf-nn-moments-tf-nn-batch-normalization-1; its siblings 2 and 6 in git history)
 
 def _tf_moments_program(c: Case, arrays) -> dict:
     """The tf.nn rows' program (``adapters/tf_nn.py``) written in NumPy float32 from TensorFlow's
