@@ -133,7 +133,11 @@ class NumpyBatchNorm(Adapter):
                     pop = var if self.running_var_biased else var * (n / (n - 1))
                     cell.rm = ((1 - f) * cell.rm + f * mean).astype(pdt)
                     cell.rv = ((1 - f) * cell.rv + f * pop).astype(pdt)
-            norm_var = var * (n / (n - 1)) if self.normalise_with_unbiased else var
+            if self.normalise_with_unbiased:  # n = 1: inf * 0 = NaN, as a framework computing it would (not a crash)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    norm_var = var * (n / np.float64(n - 1))
+            else:
+                norm_var = var
         else:
             mean, norm_var = cell.rm, cell.rv
         with np.errstate(invalid="ignore"):  # a one-pass variance may be negative: NaN, as in a framework
