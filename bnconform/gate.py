@@ -132,14 +132,18 @@ def _floored(ratio: float) -> float:
     return max(ratio, NOISE_FLOOR)
 
 
+def _key(c: dict) -> tuple[int, str, str]:
+    """A comparison's (step, op, observable)."""
+    return int(c.get("step", 0)), str(c.get("op", "")), str(c.get("observable", ""))
+
+
 def _ratios(comparisons: list[dict]) -> dict[tuple[int, str, str], float]:
     out = {}
     for c in comparisons:
         if c.get("message") and not c.get("ratio"):
             continue  # structural (missing, shape, dtype): judged by the verdict, no magnitude
         ratio = c.get("ratio")
-        out[(int(c.get("step", 0)), str(c.get("op", "")), str(c.get("observable", "")))] = (
-            math.inf if ratio is None else float(ratio))
+        out[_key(c)] = math.inf if ratio is None else float(ratio)
     return out
 
 
@@ -163,10 +167,6 @@ def drift(baseline: Merged, current: Merged) -> list[Drift]:
     return out
 
 
-def _compared(comparisons: list[dict]) -> set[tuple[int, str, str]]:
-    return {(int(c.get("step", 0)), str(c.get("op", "")), str(c.get("observable", ""))) for c in comparisons}
-
-
 def lost_measurements(baseline: Merged, current: Merged) -> list[tuple[tuple[str, str], list[tuple[int, str, str]]]]:
     """Per cell present in both runs with the same verdict: the (step, op, observable) comparisons the
     baseline made and the current run did not, sorted; cells that lost none are left out. A cell whose
@@ -176,7 +176,7 @@ def lost_measurements(baseline: Merged, current: Merged) -> list[tuple[tuple[str
         old, new = baseline.cells[key], current.cells[key]
         if old.verdict != new.verdict:
             continue
-        lost = sorted(_compared(old.comparisons) - _compared(new.comparisons))
+        lost = sorted({_key(c) for c in old.comparisons} - {_key(c) for c in new.comparisons})
         if lost:
             out.append((key, lost))
     return out

@@ -28,6 +28,7 @@ error a numerically STABLE algorithm would make — and no more.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass, field, fields, replace
 from typing import Literal, get_args, get_origin, get_type_hints
@@ -1211,7 +1212,12 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
         elif isinstance(step, Backward):
             assert last is not None  # guaranteed by catalogue validation
             g = np.asarray(arrays.grad_outputs[i], dtype=np.float64)
-            fn = backward_batch_stats if last.used_batch else backward_global_stats
+            if not last.used_batch:
+                fn = backward_global_stats
+            elif profile.moments_count_offset and m > 0:
+                fn = functools.partial(backward_offset_batch_stats, offset=profile.moments_count_offset)
+            else:
+                fn = backward_batch_stats
             axes = reduce_axes(ndim, axis)
             gamma, gamma_mag = effective_gamma()
             with np.errstate(invalid="ignore", divide="ignore"):
@@ -1219,10 +1225,6 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
                     dx, dw, db = replica_backward(g, last.x, last.mean, last.var, L.eps, gamma, axis,
                                                   case.replicas, profile.replica_reduction)
                     a = replica_grad_weights(last.x, axis, case.replicas, profile.replica_reduction)
-                elif last.used_batch and profile.moments_count_offset and m > 0:
-                    dx, dw, db = backward_offset_batch_stats(g, last.x, last.mean, last.var, L.eps, gamma, axis,
-                                                             profile.moments_count_offset)
-                    a = 1.0 / max(m, 1)
                 else:
                     dx, dw, db = fn(g, last.x, last.mean, last.var, L.eps, gamma, axis)
                     a = 1.0 / max(m, 1)  # the weight of one value in the batch mean
