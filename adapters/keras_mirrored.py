@@ -34,13 +34,31 @@ of the global loss; replica 0's copy reported); ``sgd_step`` passes each
 replica's LOCAL gradients to ``SGD.apply`` inside ``strategy.run``, which
 sums them itself. State is read per replica: ``experimental_local_results``
 of each mirrored variable, one row per replica.
+
+Version-dependent translation (the release sweep, issue 17): before keras 3.5.0
+the TF optimizer did NOT sum the replicas' gradients on this path. 3.0-3.2
+had no all-reduce at all (keras-team/keras#19308); 3.3-3.4 called
+``_all_reduce_sum_gradients`` inside ``maybe_merge_call``, i.e. in the
+cross-replica context, where ``tf.distribute.get_replica_context()`` is None and
+the gradients are returned unreduced (MirroredStrategy uses merge_call unless
+``fn`` is XLA-compiled on GPUs only: ``tensorflow/python/distribute/
+mirrored_strategy.py`` ``_use_merge_call``); keras-team/keras#19969 ("Actually sum
+gradient for tf distribute", keras 3.5.0) moved it out. Each replica then
+updates its copy of gamma and beta with its LOCAL gradient and the mirrored
+copies diverge: a defect of Keras' optimizer, not of BatchNormalization, that the
+oracle's one-state-for-every-replica model cannot express. On those releases
+the cases with an ``sgd_step`` are ``unsupported`` with that reason
+(:attr:`BatchNormalizationTFMirrored.SGD_SUMS_REPLICAS`); the sweep's shards
+keras-tf-3.0.5 ... -3.4.1 measured it (x6e4-2e5 the tolerance on gamma/beta).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from bnconform.catalogue import Case
+from packaging.version import Version
+
+from bnconform.catalogue import Case, SgdStep
 
 from .keras3 import LOGICAL_CPUS, BatchNormalizationTF, logical_cpus
 
@@ -174,10 +192,26 @@ class BatchNormalizationTFMirrored(MirroredReplicas, BatchNormalizationTF):
     def available(self) -> str | None:
         return BatchNormalizationTF.available(self) or self.devices_missing()
 
+    #: The first keras whose TF optimizer sums the replicas' gradients on the merge_call path (see the module
+    #: docstring: keras-team/keras#19969).
+    SGD_SUMS_REPLICAS = "3.5.0"
+
     def capabilities(self, case: Case) -> str | None:
         return (self.replica_reasons(case, "the rows keras.layers.BatchNormalization[tensorflow] and "
                                            "[tensorflow, synchronized=True]")
+                or self.sgd_reason(case)
                 or BatchNormalizationTF.capabilities(self, case))
+
+    def sgd_reason(self, case: Case) -> str | None:
+        import keras
+
+        if any(isinstance(s, SgdStep) for s in case.steps) and Version(keras.__version__) < Version(
+                self.SGD_SUMS_REPLICAS):
+            return (f"keras {keras.__version__}'s TensorFlow optimizer applies each replica's LOCAL gradient under "
+                    f"MirroredStrategy (its all-reduce is skipped on the merge_call path; keras-team/keras#19308, "
+                    f"fixed by #19969 in {self.SGD_SUMS_REPLICAS}): the mirrored gamma/beta diverge across replicas, "
+                    f"which the oracle's single replica-identical state cannot express")
+        return None
 
     def build(self, cell):
         with self.make_strategy(cell).scope():

@@ -91,6 +91,9 @@ ACTIVATIONS = frozenset({"output", "grad_input"})
 KEEP_VALUES_UP_TO = 64
 
 
+#: The message of a comparison where the framework has NaN and the oracle a value (followed by the count).
+NAN_WHERE_VALUE = "NaN where the oracle has a value"
+
 def storage_dtype(observable: str, case: Case) -> str:
     """Dtype an observable is stored in for this case (bfloat16 arrays travel as float32)."""
     if observable in ACTIVATIONS:
@@ -274,7 +277,7 @@ def compare_one(actual, exp_value, magnitude, observable: str, case: Case, i: in
             e = np.where(overflow, a64, e)
     nan_e, nan_a = np.isnan(e), np.isnan(a64)
     if np.any(nan_e & ~nan_a) or np.any(~nan_e & nan_a):
-        where = "NaN where the oracle has a value" if np.any(~nan_e & nan_a) else "a value where the oracle has NaN"
+        where = NAN_WHERE_VALUE if np.any(~nan_e & nan_a) else "a value where the oracle has NaN"
         return ObservableComparison(**base, passed=False, ratio=math.inf,
                                     message=f"{where} ({int(np.sum(nan_e != nan_a))} element(s))", **small)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):

@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from .adapter import Adapter
 from .arrays import CaseArrays, generate
 from .catalogue import OBSERVABLES, Case
-from .compare import compare, compare_one, expectations_agree
+from .compare import NAN_WHERE_VALUE, compare, compare_one, expectations_agree
 from .drive import run_program
 from .expect import Entry, VersionUnparseable, for_adapter
 from .oracle import CANONICAL, Expectation, OracleUndefined, Profile, merge_options, simulate
@@ -271,10 +271,12 @@ def run_cell(case: Case, adapter: Adapter, framework_version: str | None = None,
         bound: dict[str, float] = {}
         absent: set[str] = set()
         wrong_dtype: set[str] = set()
+        nan: set[str] = set()
         for d in expected_failures:
             ef = d.expected_failure
             absent |= set(ef.absent)
             wrong_dtype |= set(ef.wrong_dtype)
+            nan |= set(ef.nan)
             for o in ef.observables:
                 bound[o] = max(bound.get(o, 0.0), ef.bound(case.input.dtype))
         names = ", ".join(d.id for d in expected_failures)
@@ -283,7 +285,9 @@ def run_cell(case: Case, adapter: Adapter, framework_version: str | None = None,
         outside = [c for c in failed if c.observable not in bound]
         if outside:
             return record("fails", _summarise(outside, against), **extra)
-        missing = lambda c: c.observable in absent and c.message == NO_VALUE  # noqa: E731
+        missing = lambda c: ((c.observable in absent and c.message == NO_VALUE)  # noqa: E731
+                             or (c.observable in nan and c.message is not None
+                                 and c.message.startswith(NAN_WHERE_VALUE)))
         reference = divergent if manifest else canonical
 
         def values_judged(c):

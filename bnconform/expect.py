@@ -159,6 +159,7 @@ class Where(_Strict):
     num_features: list[int] | None = None
     equal_initial_values: bool | None = None
     nonempty_batches: bool | None = None
+    params_overflow_dtype: bool | None = None
     any_of: list["Where"] | None = Field(default=None, min_length=1)
 
     def matches(self, case: Case) -> bool:
@@ -205,6 +206,28 @@ def _equal_initial_values(case: Case) -> bool:
     return bool(np.array_equal(w, init["running_var"]) or np.array_equal(b, init["running_mean"]))
 
 
+def _params_overflow_dtype(case: Case) -> bool:
+    """Whether an initial gamma or beta (weight/bias) of an affine case rounds to an infinity in the input
+    dtype (IEEE round to nearest: ``|v| >= largest finite + half an ulp``, e.g. 1e5 >= 65520 for float16):
+    a framework that reads the parameters in the input dtype gets ``inf`` there."""
+    import numpy as np
+
+    from .arrays import generate
+
+    if not case.layer.affine:
+        return False
+    init = generate(case).init
+    top = _ROUNDS_TO_INF[case.input.dtype]
+    return bool(np.any(np.abs(init["weight"]) >= top) or np.any(np.abs(init["bias"]) >= top))
+
+
+#: The smallest magnitude that rounds to infinity: the largest finite value plus half an ulp at it,
+#: ``(2 - 2^-(p)) 2^emax`` for ``p`` significand bits (binary16 p=11 emax=15, bfloat16 p=8 emax=127,
+#: binary32 p=24 emax=127); float64 is the oracle's own dtype.
+_ROUNDS_TO_INF = {"float16": (2 - 2.0**-11) * 2.0**15, "bfloat16": (2 - 2.0**-8) * 2.0**127,
+                  "float32": (2 - 2.0**-24) * 2.0**127, "float64": float("inf")}
+
+
 def _f32_exact(v: float) -> bool:
     import numpy as np
 
@@ -238,6 +261,7 @@ _CONDITIONS = {
     "uneven_replicas": lambda c, v: (c.replicas is not None and len(set(c.replicas)) > 1) == v,
     "equal_initial_values": lambda c, v: _equal_initial_values(c) == v,
     "nonempty_batches": lambda c, v: (c.input.reduction_size > 0) == v,
+    "params_overflow_dtype": lambda c, v: _params_overflow_dtype(c) == v,
 }
 assert set(_CONDITIONS) | {"any_of"} == set(Where.model_fields), "every selector needs its condition"
 
@@ -252,12 +276,17 @@ class ExpectedFailure(_Strict):
     without any value (the framework returns none, e.g. a gradient that is
     None); only those may fail by being missing. ``wrong_dtype``:
     observables the defect returns in another dtype; their VALUES are still
-    judged against the bound. Any other structural failure (NaN, shape) is
-    ``fails``."""
+    judged against the bound. ``nan``: observables the defect makes NaN where
+    the oracle has a value (IEEE ``inf - inf`` or ``0 * inf`` after the defect
+    overflowed a value); only those may fail by being NaN (the comparison
+    reports the NaN, so that observable's other elements are not bounded in that
+    cell: select such an entry narrowly). Any other structural failure (NaN,
+    shape) is ``fails``."""
 
     observables: list[Literal[OBSERVABLES]] = Field(min_length=1)  # type: ignore[valid-type]
     absent: list[Literal[OBSERVABLES]] = Field(default_factory=list)  # type: ignore[valid-type]
     wrong_dtype: list[Literal[OBSERVABLES]] = Field(default_factory=list)  # type: ignore[valid-type]
+    nan: list[Literal[OBSERVABLES]] = Field(default_factory=list)  # type: ignore[valid-type]
     max_ratio: float | dict[Literal[DTYPES], float]  # type: ignore[valid-type]
     derivation: str = Field(min_length=20)
 
@@ -271,7 +300,7 @@ class ExpectedFailure(_Strict):
 
     @model_validator(mode="after")
     def _absent_subset(self):
-        for name in ("absent", "wrong_dtype"):
+        for name in ("absent", "wrong_dtype", "nan"):
             extra = set(getattr(self, name)) - set(self.observables)
             if extra:
                 raise ValueError(f"{name} {sorted(extra)} not among observables")

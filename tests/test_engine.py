@@ -240,6 +240,63 @@ entries:
     assert run_cell(_backward_case(), NoGradBias(), "1", expectations=absent).verdict == "known_bug"
 
 
+def test_a_documented_nan_is_accepted_only_on_its_observable():
+    # keras3-mixed-precision-autocast-gamma-overflow: the defect's effect is NaN (inf - inf); `nan` admits it on the
+    # listed observable only, and the cell must still show it (strict).
+    class NanGradBias(NumpyBatchNorm):
+        name = "NaN grad_bias"
+        target = "grad_bias"
+
+        def run(self, case, arrays):
+            out = super().run(case, arrays)
+            return {k: (np.full_like(v, np.nan) if k[1] == self.target else v) for k, v in out.items()}
+
+    class NanGradWeight(NanGradBias):
+        target = "grad_weight"
+
+    def nan_entry(nan):
+        return entries(f"""
+entries:
+- id: grad-bias-nan
+  kind: known_bug
+  summary: grad_bias is NaN
+  source: src
+  finding: findings/x.py
+  expected_failure: {{observables: [grad_bias], nan: {nan}, max_ratio: 2,
+                     derivation: "inf - inf gives NaN, no finite error to bound"}}
+""")
+
+    documented = nan_entry("[grad_bias]")
+    assert run_cell(_backward_case(), NanGradBias(), "1", expectations=documented).verdict == "known_bug"
+    # Without `nan` the same NaN is a structural failure: fails.
+    r = run_cell(_backward_case(), NanGradBias(), "1", expectations=nan_entry("[]"))
+    assert r.verdict == "fails" and "NaN where the oracle has a value" in r.reason
+    # A NaN elsewhere is not documented; a cell without the NaN no longer reproduces it.
+    assert run_cell(_backward_case(), NanGradWeight(), "1", expectations=documented).verdict == "fails"
+    fixed = run_cell(_backward_case(), NumpyBatchNorm(), "1", expectations=documented)
+    assert fixed.verdict == "fails" and "no longer reproduce" in fixed.reason
+    with pytest.raises(ExpectationError, match="nan"):
+        entries("""
+entries:
+- {id: q, kind: known_bug, summary: s, source: src, finding: f.py,
+   expected_failure: {observables: [grad_bias], nan: [output], max_ratio: 2, derivation: "not among the observables"}}
+""")
+
+
+def test_params_overflow_selector_is_the_rounding_to_infinity_threshold():
+    # IEEE round to nearest: 65519.99 stays finite in float16 (65504), 65520 is a tie that rounds to inf.
+    from bnconform.expect import _CONDITIONS
+
+    def with_weight(w, dtype="float16"):
+        c = make_case([{"op": "forward", "mode": "train"}], {"num_features": 1, "init": {"weight": w}}, shape=(2, 1))
+        return c.model_copy(update={"input": c.input.model_copy(update={"dtype": dtype})})
+
+    sel = _CONDITIONS["params_overflow_dtype"]
+    assert np.isinf(np.float16(65520.0)) and np.isfinite(np.float16(65519.99))
+    assert sel(with_weight(65520.0), True) and sel(with_weight(-1.0e5), True)
+    assert sel(with_weight(65519.99), False) and sel(with_weight(1.0e5, "float32"), False)
+
+
 def test_a_documented_wrong_dtype_is_accepted_but_its_values_stay_bounded():
     class Float64Stats(NumpyBatchNorm):
         name = "returns running_mean in float64"
