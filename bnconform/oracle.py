@@ -106,6 +106,16 @@ class Profile:
         batch mean and variance are 0 (``tf.math.divide_no_nan`` in Keras
         ``keras/src/backend/tensorflow/nn.py`` ``_compute_moments_sync``) and
         are averaged in: the running statistics shrink by the decay.
+    ``running_update``: whether a training forward's running-statistics update
+        reaches the running statistics. ``"average"`` (canonical: the paper's
+        moving average, every framework's intent); ``"lost"`` — the batch
+        statistics are computed and normalise the batch, the update is written
+        into a temporary and discarded, the running statistics keep their value
+        (Keras 3.0-3.1 on the torch backend under a mixed precision policy:
+        ``keras/src/backend/torch/core.py`` ``Variable._direct_assign`` is
+        ``self.value.copy_(value)``, and ``value`` is the autocast float16 COPY of
+        the float32 variable: ``keras/src/backend/common/variables.py``
+        ``_maybe_autocast``).
     ``frozen_update``: what an SGD step does to a FROZEN parameter.
         ``"skip"`` (canonical: PyTorch ``requires_grad=False`` leaves it out of
         the optimizer); ``"zero_lr"`` — it is still stepped, with learning rate
@@ -282,6 +292,7 @@ class Profile:
     empty_batch_update: Literal["skip", "nan", "zero"] = "skip"
     empty_batch_grad_weight: Literal["zero", "nan"] = "zero"
     frozen_update: Literal["skip", "zero_lr"] = "skip"
+    running_update: Literal["average", "lost"] = "average"
     replica_reduction: Literal["count_weighted", "replica_average"] = "count_weighted"
     empty_replica_update: Literal["global", "skip"] = "global"
     aliased_affine_update: bool = False
@@ -1061,6 +1072,8 @@ def simulate(case: Case, arrays: CaseArrays, profile: Profile = CANONICAL) -> Ex
     def apply_update(mean, var, abs_mean, mag_var, var_iv=None):
         nonlocal rm, rv, nbt
         nbt += 1
+        if profile.running_update == "lost":  # computed, written into a temporary, discarded
+            return
         if m == 0:  # an empty batch carries no statistics
             if profile.empty_batch_update == "skip":  # counted, nothing averaged in
                 return

@@ -182,6 +182,22 @@ def test_train_statistics_running_makes_train_mode_behave_like_inference():
     assert float(frozen.values[(0, "num_batches_tracked")].value) == 0
 
 
+def test_running_update_lost_normalises_with_the_batch_but_keeps_the_running_statistics():
+    # keras <3.2 on torch under a mixed policy: the update is copied into an autocast temporary.
+    steps = [{"op": "forward", "mode": "train"}, {"op": "forward", "mode": "eval"}]
+    case = make_case(steps, {"init": {"running_mean": 0.5, "running_var": 2.0}})
+    arrays = generate(case)
+    lost = simulate(case, arrays, CANONICAL.with_options("l", running_update="lost"))
+    canon = simulate(case, arrays, CANONICAL)
+    np.testing.assert_array_equal(lost.values[(0, "output")].value, canon.values[(0, "output")].value)
+    np.testing.assert_array_equal(lost.values[(0, "running_mean")].value, np.full(3, 0.5))
+    np.testing.assert_array_equal(lost.values[(0, "running_var")].value, np.full(3, 2.0))
+    assert not np.allclose(canon.values[(0, "running_mean")].value, 0.5)
+    # eval then normalises with the untouched running statistics
+    x1 = arrays.batches[0]  # the eval step reuses batch 0
+    np.testing.assert_allclose(lost.values[(1, "output")].value, (x1 - 0.5) / np.sqrt(2.0 + case.layer.eps))
+
+
 def test_float32_attributes_round_eps_and_momentum():
     case = make_case([{"op": "forward", "mode": "train"}], {"eps": 1e-5, "momentum": 0.1})
     arrays = generate(case)
