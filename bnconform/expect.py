@@ -423,7 +423,8 @@ class Entry(_Strict):
                 "options": dict(self.options or {}), "versions": self.versions, "issue": self.issue,
                 "finding": self.finding, "observables": list(ef.observables) if ef else [],
                 "max_ratio": ef.max_ratio if ef else None, "absent": list(ef.absent) if ef else [],
-                "wrong_dtype": list(ef.wrong_dtype) if ef else [], "derivation": ef.derivation if ef else None,
+                "wrong_dtype": list(ef.wrong_dtype) if ef else [], "nan": list(ef.nan) if ef else [],
+                "derivation": ef.derivation if ef else None,
                 "raises": self.raises, "file": self.file, "ref": self.ref,
                 "where": self.where.model_dump(exclude_none=True)}
 
