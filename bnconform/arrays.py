@@ -152,6 +152,21 @@ class CaseArrays:
     pre: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+def initial_values(case: Case) -> dict[str, np.ndarray]:
+    """The layer's initial state ``{name: (C,)}`` (weight, bias, running_mean, running_var), in the case's
+    parameter dtype: the ``init`` arrays of :func:`generate`, without drawing the input batches (the expectation
+    selectors read only these)."""
+    inp, c, pdt = case.input, case.layer.num_features, param_dtype(case.input.dtype)
+    out = {}
+    for name, spec in case.layer.init:
+        if isinstance(spec, Distribution):
+            v = draw(spec, (c,), 0, (inp.seed, _STREAM_PARAM, _PARAM_INDEX[name]))
+        else:
+            v = np.broadcast_to(np.asarray(spec, dtype=np.float64), (c,)).copy()
+        out[name] = cast(v, pdt)
+    return out
+
+
 def generate(case: Case) -> CaseArrays:
     """Generate every array the case's step program needs."""
     inp = case.input
@@ -162,12 +177,7 @@ def generate(case: Case) -> CaseArrays:
             out.batches[step.batch] = cast(draw_layout(inp.distribution, shape, axis, (inp.seed, _STREAM_INPUT, step.batch)), inp.dtype)
         elif isinstance(step, Backward):
             out.grad_outputs[i] = cast(draw_layout(step.grad_output, shape, axis, (inp.seed, _STREAM_GRAD, i)), inp.dtype)
-    for name, spec in case.layer.init:
-        if isinstance(spec, Distribution):
-            v = draw(spec, (c,), 0, (inp.seed, _STREAM_PARAM, _PARAM_INDEX[name]))
-        else:
-            v = np.broadcast_to(np.asarray(spec, dtype=np.float64), (c,)).copy()
-        out.init[name] = cast(v, out.param_dtype)
+    out.init.update(initial_values(case))
     if case.pre is not None:
         wshape = (c, shape[1], *case.pre.kernel)
         out.pre["weight"] = cast(draw(case.pre.weight, wshape, 0, (inp.seed, _STREAM_PRE, 0)), inp.dtype)

@@ -94,6 +94,7 @@ KEEP_VALUES_UP_TO = 64
 #: The message of a comparison where the framework has NaN and the oracle a value (followed by the count).
 NAN_WHERE_VALUE = "NaN where the oracle has a value"
 
+
 def storage_dtype(observable: str, case: Case) -> str:
     """Dtype an observable is stored in for this case (bfloat16 arrays travel as float32)."""
     if observable in ACTIVATIONS:

@@ -285,9 +285,9 @@ def run_cell(case: Case, adapter: Adapter, framework_version: str | None = None,
         outside = [c for c in failed if c.observable not in bound]
         if outside:
             return record("fails", _summarise(outside, against), **extra)
-        missing = lambda c: ((c.observable in absent and c.message == NO_VALUE)  # noqa: E731
-                             or (c.observable in nan and c.message is not None
-                                 and c.message.startswith(NAN_WHERE_VALUE)))
+        # The structural failures an entry documents: no value at all (absent), NaN for a value (nan).
+        documented = lambda c: ((c.observable in absent and c.message == NO_VALUE)  # noqa: E731
+                                or (c.observable in nan and (c.message or "").startswith(NAN_WHERE_VALUE)))
         reference = divergent if manifest else canonical
 
         def values_judged(c):
@@ -300,7 +300,7 @@ def run_cell(case: Case, adapter: Adapter, framework_version: str | None = None,
 
         # A structural failure (NaN, wrong shape or dtype) or an error beyond the bound: worse than documented.
         worse = [v for v in map(values_judged, failed)
-                 if not missing(v) and (v.message or not v.ratio <= bound[v.observable])]
+                 if not documented(v) and (v.message or not v.ratio <= bound[v.observable])]
         if worse:
             return record("fails", f"known bug(s) {names} got worse than documented: "
                           + "; ".join(f"step {c.step} {c.op} {c.observable}: "

@@ -198,9 +198,9 @@ def _modes(case: Case) -> set[str]:
 def _equal_initial_values(case: Case) -> bool:
     import numpy as np
 
-    from .arrays import generate
+    from .arrays import initial_values
 
-    init = generate(case).init
+    init = initial_values(case)
     w = init["weight"] if case.layer.affine else np.ones(case.layer.num_features)
     b = init["bias"] if case.layer.affine else np.zeros(case.layer.num_features)
     return bool(np.array_equal(w, init["running_var"]) or np.array_equal(b, init["running_mean"]))
@@ -212,20 +212,24 @@ def _params_overflow_dtype(case: Case) -> bool:
     a framework that reads the parameters in the input dtype gets ``inf`` there."""
     import numpy as np
 
-    from .arrays import generate
+    from .arrays import initial_values
 
     if not case.layer.affine:
         return False
-    init = generate(case).init
-    top = _ROUNDS_TO_INF[case.input.dtype]
-    return bool(np.any(np.abs(init["weight"]) >= top) or np.any(np.abs(init["bias"]) >= top))
+    init = initial_values(case)
+    top = _rounds_to_inf(case.input.dtype)
+    return bool(np.any(np.abs(init["weight"].astype(np.float64)) >= top)
+                or np.any(np.abs(init["bias"].astype(np.float64)) >= top))
 
 
-#: The smallest magnitude that rounds to infinity: the largest finite value plus half an ulp at it,
-#: ``(2 - 2^-(p)) 2^emax`` for ``p`` significand bits (binary16 p=11 emax=15, bfloat16 p=8 emax=127,
-#: binary32 p=24 emax=127); float64 is the oracle's own dtype.
-_ROUNDS_TO_INF = {"float16": (2 - 2.0**-11) * 2.0**15, "bfloat16": (2 - 2.0**-8) * 2.0**127,
-                  "float32": (2 - 2.0**-24) * 2.0**127, "float64": float("inf")}
+def _rounds_to_inf(dtype: str) -> float:
+    """The smallest magnitude that rounds to infinity in ``dtype``: the largest finite value ``(2 - 2u) 2^emax``
+    plus half an ulp at it, ``u 2^emax`` (``u`` the unit roundoff): ``(2 - u) 2^emax``, e.g. 65520 for float16
+    (exact in float64; inf for float64 itself)."""
+    from .compare import MAX_FINITE, UNIT_ROUNDOFF
+
+    top, u = MAX_FINITE[dtype], UNIT_ROUNDOFF[dtype]
+    return top + u * (top / (2 - 2 * u))
 
 
 def _f32_exact(v: float) -> bool:
